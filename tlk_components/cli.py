@@ -1,0 +1,110 @@
+# Copyright (c) TLK Model Zoo contributors. Licensed under the Apache License, Version 2.0.
+"""The zoo's command line: ``python -m tlk_components COMMAND ...`` (also installed as ``tlk``).
+
+Each command is a thin python-fire wrapper over a typed function that can be called from Python too.
+Errors of the zoo's own kind (:class:`~tlk_components.utils.errors.TLKError`) are printed as one clear
+message and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import fire
+
+from tlk_components.utils.errors import TLKError
+from tlk_components.zoo.datasets import DatasetReport
+from tlk_components.zoo.registry import DATA_MODULES, get_data_module, list_bundles
+
+__all__ = ["list_cmd", "main", "prepare_demo", "verify_dataset"]
+
+
+def list_cmd(index: str | None = None) -> str:
+    """List the bundles in this checkout (name, version, task), or those an index offers with --index.
+
+    Args:
+        index: URL (http(s)://, file://) or path of a zoo index (model_info.json); default: the local bundles.
+    """
+    if index is not None:
+        from tlk_components.zoo.download import list_index  # noqa: PLC0415  (zoo operations, issue 7)
+
+        return list_index(index)
+    rows = []
+    for name, path in list_bundles().items():
+        meta = json.loads((path / "configs" / "metadata.json").read_text())
+        demo = "demo data" if name in DATA_MODULES else "no demo"
+        rows.append(f"{name:40s} {meta.get('version', '?'):8s} {demo:10s} {meta.get('task', '')}")
+    return "\n".join(rows) if rows else "no bundles found"
+
+
+def prepare_demo(bundle: str, dir: str, size: str = "demo", seed: int = 0) -> str:
+    """Write BUNDLE's demo dataset into DIR, in the real public layout the bundle reads.
+
+    Args:
+        bundle: a bundle name (see ``list``).
+        dir: output folder (created).
+        size: ``demo`` (the bundle's default) or ``tiny`` (what the tests use).
+        seed: generator seed; the same seed writes the same files.
+    """
+    if size not in ("demo", "tiny"):
+        raise TLKError(f"size={size!r}: expected 'demo' or 'tiny'")
+    out = get_data_module(bundle).write_demo(Path(dir), size=size, seed=int(seed))
+    return f"wrote the {size} dataset of {bundle} to {out}"
+
+
+def verify_dataset(bundle: str, dir: str) -> DatasetReport:
+    """Check a dataset in BUNDLE's expected layout before any compute; list every bad case by name.
+
+    Exits non-zero when anything is wrong.
+    """
+    report = get_data_module(bundle).verify_dataset(Path(dir))
+    print(report.summary())
+    if not report.ok:
+        sys.exit(1)
+    return report
+
+
+COMMANDS = {
+    "list": list_cmd,
+    "prepare_demo": prepare_demo,
+    "verify_dataset": verify_dataset,
+}
+
+
+def _register_optional_commands() -> None:
+    """Commands contributed by other modules (added here as they land)."""
+    import importlib
+
+    for name, target in OPTIONAL_COMMANDS.items():
+        module, func = target.split(":")
+        try:
+            COMMANDS[name] = getattr(importlib.import_module(module), func)
+        except ModuleNotFoundError as e:
+            if not e.name or not e.name.startswith("tlk_components"):
+                raise
+
+
+#: command name -> "module:function"; commands whose module is not present are skipped.
+OPTIONAL_COMMANDS: dict[str, str] = {}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m tlk_components`` and ``tlk``."""
+    _register_optional_commands()
+    try:
+        fire.Fire(COMMANDS, command=argv, name="tlk", serialize=_serialize)
+    except TLKError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _serialize(value: object) -> object:
+    if isinstance(value, DatasetReport):
+        return None  # already printed
+    return value
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,2 @@
+# Copyright (c) TLK Model Zoo contributors. Licensed under the Apache License, Version 2.0.
+"""tlk_components.engines (modules are imported directly: ``from tlk_components.engines.<module> import ...``)."""

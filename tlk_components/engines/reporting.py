@@ -1,0 +1,191 @@
+# Copyright (c) TLK Model Zoo contributors. Licensed under the Apache License, Version 2.0.
+"""Handlers that leave results a person can read: ``metrics.json``, loss-curve PNGs, bar charts.
+
+Every file is written atomically on rank 0.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+from tlk_components.utils.io import atomic_write_bytes, atomic_write_json
+
+__all__ = ["LossCurvePlotter", "MetricsJsonWriter", "moving_average", "save_bar_chart", "save_figure", "to_jsonable"]
+
+
+def _is_rank0() -> bool:
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
+        torch.distributed.get_rank() == 0
+    )
+
+
+def to_jsonable(value: Any) -> Any:
+    """Tensors, numpy scalars/arrays, dicts and lists -> plain JSON types (NaN -> None)."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return [to_jsonable(v) for v in value.tolist()] if value.ndim else to_jsonable(value.item())
+    if isinstance(value, np.generic):
+        return to_jsonable(value.item())
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else value
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def moving_average(values: Sequence[float], window: int) -> np.ndarray:
+    """Trailing moving average; the first ``window-1`` points average what is available."""
+    v = np.asarray(values, dtype=float)
+    if window <= 1 or v.size == 0:
+        return v
+    c = np.cumsum(np.insert(v, 0, 0.0))
+    out = np.empty_like(v)
+    for i in range(v.size):
+        lo = max(0, i + 1 - window)
+        out[i] = (c[i + 1] - c[lo]) / (i + 1 - lo)
+    return out
+
+
+def save_bar_chart(
+    values: Mapping[str, Sequence[float]] | Sequence[float],
+    labels: Sequence[str],
+    path: str | os.PathLike,
+    title: str = "",
+    ylabel: str = "",
+    ylim: tuple[float, float] | None = (0.0, 1.0),
+) -> Path:
+    """Grouped bar chart: one group per label, one bar per series (a single sequence is one series)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = dict(values) if isinstance(values, Mapping) else {"": list(values)}
+    n = max(len(series), 1)
+    width = 0.8 / n
+    x = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(labels) * max(1, n / 3)), 4))
+    for i, (name, vals) in enumerate(series.items()):
+        ax.bar(x + (i - (n - 1) / 2) * width, vals, width, label=name or None)
+    ax.set_xticks(x, labels)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    if n > 1:
+        ax.legend(fontsize="small", ncol=min(n, 5))
+    return save_figure(fig, path)
+
+
+class MetricsJsonWriter:
+    """Write ``engine.state.metrics`` (plus extras) to ``<output_dir>/<filename>`` when the engine completes.
+
+    Args:
+        output_dir: folder (created).
+        filename: default ``metrics.json``.
+        keys: when given, every key must be present (the ``eval_metrics`` keys of metadata.json); raises KeyError
+            naming the missing ones.
+        extra: callable ``engine -> dict`` merged into the output (e.g. per-class details).
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        filename: str = "metrics.json",
+        keys: Sequence[str] | None = None,
+        extra: Callable[[Engine], Mapping[str, Any]] | None = None,
+    ) -> None:
+        self.path = Path(output_dir) / filename
+        self.keys = list(keys) if keys is not None else None
+        self.extra = extra
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        out = {k: to_jsonable(v) for k, v in engine.state.metrics.items()}
+        if self.extra is not None:
+            out.update(to_jsonable(dict(self.extra(engine))))
+        if self.keys is not None:
+            missing = [k for k in self.keys if k not in out]
+            if missing:
+                raise KeyError(f"metrics {missing} named in eval_metrics were not computed; computed: {sorted(out)}")
+        if _is_rank0():
+            atomic_write_json(self.path, out)
+
+
+class LossCurvePlotter:
+    """Record the per-iteration loss and redraw ``<output_dir>/loss_curve.png`` at every epoch end.
+
+    Args:
+        output_dir: folder for the PNG (created).
+        output_transform: ``engine.state.output -> float`` (default: ``output["loss"]`` or the output itself).
+        smoothing: moving-average window drawn over the raw curve (default 25, as in the MNIST study).
+        filename: default ``loss_curve.png``.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        output_transform: Callable[[Any], float] | None = None,
+        smoothing: int = 25,
+        filename: str = "loss_curve.png",
+    ) -> None:
+        self.path = Path(output_dir) / filename
+        self.output_transform = output_transform
+        self.smoothing = smoothing
+        self.losses: list[float] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._record)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._plot)
+
+    def _value(self, output: Any) -> float:
+        if self.output_transform is not None:
+            return float(self.output_transform(output))
+        if isinstance(output, list):  # MONAI decollated batch
+            output = output[0]
+        if isinstance(output, Mapping):
+            output = output["loss"]
+        return float(output.item() if isinstance(output, torch.Tensor) else output)
+
+    def _record(self, engine: Engine) -> None:
+        self.losses.append(self._value(engine.state.output))
+
+    def _plot(self, engine: Engine) -> None:
+        if not _is_rank0() or not self.losses:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.plot(self.losses, alpha=0.3, label="loss")
+        ax.plot(moving_average(self.losses, self.smoothing), label=f"moving average ({self.smoothing})")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("loss")
+        ax.legend()
+        save_figure(fig, self.path)

@@ -1,0 +1,107 @@
+# Copyright (c) TLK Model Zoo contributors. Licensed under the Apache License, Version 2.0.
+"""Where bundles live and which data module serves each.
+
+A bundle is a folder ``bundles/<name>/`` with ``configs/metadata.json``. Its data module (demo writer and
+dataset checker) is registered in :data:`DATA_MODULES`. A data module is any module with two functions::
+
+    def write_demo(out_dir: str | Path, size: str = "demo", seed: int = 0) -> Path
+        # size: "demo" (the bundle's default demo dataset) or "tiny" (for tests); deterministic per seed.
+    def verify_dataset(dataset_dir: str | Path) -> DatasetReport
+        # checks the whole dataset before any compute and lists every bad case.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from tlk_components.utils.errors import ConfigError
+
+__all__ = ["DATA_MODULES", "bundles_dir", "find_bundle", "get_data_module", "infer_bundle_root", "list_bundles"]
+
+#: bundle name -> module providing ``write_demo`` and ``verify_dataset``.
+DATA_MODULES: dict[str, str] = {
+    "mnist_mlp_classification": "tlk_components.data.mnist",
+    "kidney_ct_da_segmentation": "tlk_components.data.kidney",
+    "brats_mri_box_localization": "tlk_components.data.brats",
+    "cotraining_classification": "tlk_components.data.cotraining",
+    "abdomen_ct_attention_segmentation": "tlk_components.data.btcv",
+}
+
+
+def bundles_dir() -> Path:
+    """The folder holding the bundles: env ``TLK_BUNDLES_DIR``, else ``<repo>/bundles`` next to the package."""
+    env = os.environ.get("TLK_BUNDLES_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "bundles"
+
+
+def list_bundles(root: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Map bundle name -> bundle folder for every ``<root>/*/configs/metadata.json``, sorted by name."""
+    root = Path(root) if root is not None else bundles_dir()
+    if not root.is_dir():
+        return {}
+    return {p.parent.parent.name: p.parent.parent for p in sorted(root.glob("*/configs/metadata.json"))}
+
+
+def find_bundle(name_or_path: str | os.PathLike) -> Path:
+    """Resolve a bundle name (``mnist_mlp_classification``) or a bundle folder path.
+
+    Raises:
+        ConfigError: unknown name, listing the known bundles.
+    """
+    p = Path(name_or_path)
+    if (p / "configs" / "metadata.json").is_file():
+        return p
+    known = list_bundles()
+    if str(name_or_path) in known:
+        return known[str(name_or_path)]
+    raise ConfigError(
+        f"unknown bundle {str(name_or_path)!r}: expected one of {sorted(known)} or a folder with configs/metadata.json"
+    )
+
+
+def get_data_module(bundle: str) -> ModuleType:
+    """Import the data module registered for ``bundle``.
+
+    Raises:
+        ConfigError: the bundle has no registered data module (lists those that have one).
+    """
+    if bundle not in DATA_MODULES:
+        raise ConfigError(f"no data module registered for bundle {bundle!r}; known: {sorted(DATA_MODULES)}")
+    return importlib.import_module(DATA_MODULES[bundle])
+
+
+def _config_file_from_argv(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config_file="):
+            return arg.split("=", 1)[1]
+        if arg == "--config_file" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def infer_bundle_root(default: str = ".") -> str:
+    """Guess the bundle root from ``--config_file`` on the command line (``<root>/configs/x.json`` -> ``<root>``).
+
+    Lets ``python -m monai.bundle run --config_file /any/where/bundle/configs/train.json`` work from any working
+    directory without ``--bundle_root``. Lists (``"['a.json','b.json']"``) use their first file. Falls back to
+    ``default`` when the command line names no config file (e.g. the Python API; pass ``bundle_root`` there).
+    """
+    value = _config_file_from_argv(sys.argv)
+    if not value:
+        return default
+    value = value.strip()
+    if value.startswith("["):
+        try:
+            value = json.loads(value.replace("'", '"'))[0]
+        except (ValueError, IndexError):
+            value = shlex.split(value.strip("[]").replace(",", " "))[0]
+    cfg = Path(str(value).strip("'\"")).resolve()
+    return str(cfg.parent.parent if cfg.parent.name == "configs" else cfg.parent)

@@ -44,13 +44,18 @@ def run_bundle(
     """
     names = [configs] if isinstance(configs, str) else list(configs)
     files = [str(BUNDLES / bundle / "configs" / c) for c in names]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files[0] if len(files) == 1 else json.dumps(files)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        files[0] if len(files) == 1 else json.dumps(files),
+    ]
     for k, v in overrides.items():
         cmd += [f"--{k.replace('__', '#')}", _fmt(v)]
     env = dict(os.environ, TLK_NUM_THREADS=os.environ.get("TLK_NUM_THREADS", "1"), PYTHONUNBUFFERED="1")
-    proc = subprocess.run(
-        cmd, cwd=str(cwd or REPO / "tests"), env=env, capture_output=True, text=True, timeout=timeout
-    )
+    proc = subprocess.run(cmd, cwd=str(cwd or REPO / "tests"), env=env, capture_output=True, text=True, timeout=timeout)
     proc.stdout = (proc.stdout or "") + (proc.stderr or "")
     if check and proc.returncode != 0:
         raise AssertionError(f"bundle run failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-6000:]}")

@@ -53,7 +53,9 @@ def test_checkpoint_saves_best_and_last_and_resume_continues(tmp_path):
     trainer2 = _trainer(net2, opt2)
     epochs_run = []
     trainer2.add_event_handler(Events.EPOCH_STARTED, lambda e: epochs_run.append(e.state.epoch))
-    saver2 = AtomicCheckpointSaver(tmp_path, {"model": net2, "optimizer": opt2}, save_key_metric=False, trainer=trainer2)
+    saver2 = AtomicCheckpointSaver(
+        tmp_path, {"model": net2, "optimizer": opt2}, save_key_metric=False, trainer=trainer2
+    )
     saver2.attach(trainer2)
     ResumeFromLast(tmp_path, {"model": net2, "optimizer": opt2}, saver=saver2).attach(trainer2)
     trainer2.run(data, max_epochs=3)

@@ -58,12 +58,28 @@ def test_parse_version_orders_numerically():
 
 
 def _meta():
-    tensor = {"type": "image", "format": "magnitude", "num_channels": 1, "spatial_shape": [28, 28],
-              "dtype": "float32", "value_range": [0, 1]}
+    tensor = {
+        "type": "image",
+        "format": "magnitude",
+        "num_channels": 1,
+        "spatial_shape": [28, 28],
+        "dtype": "float32",
+        "value_range": [0, 1],
+    }
     return {
-        "schema": "s", "version": "0.1.1", "changelog": {"0.1.1": "fix", "0.1.0": "init"}, "monai_version": "1.6.1",
-        "pytorch_version": "2.13.0", "numpy_version": "2.4.6", "required_packages_version": {}, "name": "n",
-        "task": "t", "description": "d", "authors": "a", "copyright": "c", "eval_metrics": {"accuracy": 0.9},
+        "schema": "s",
+        "version": "0.1.1",
+        "changelog": {"0.1.1": "fix", "0.1.0": "init"},
+        "monai_version": "1.6.1",
+        "pytorch_version": "2.13.0",
+        "numpy_version": "2.4.6",
+        "required_packages_version": {},
+        "name": "n",
+        "task": "t",
+        "description": "d",
+        "authors": "a",
+        "copyright": "c",
+        "eval_metrics": {"accuracy": 0.9},
         "network_data_format": {"inputs": {"image": tensor}, "outputs": {"pred": dict(tensor, num_channels=10)}},
     }
 

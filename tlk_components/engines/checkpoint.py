@@ -84,7 +84,9 @@ class AtomicCheckpointSaver:
         trainer: Engine | None = None,
     ) -> None:
         if "model" not in save_dict:
-            raise ValueError(f"save_dict needs a 'model' entry (got keys {sorted(save_dict)}); add \"model\": \"@network\"")
+            raise ValueError(
+                f'save_dict needs a \'model\' entry (got keys {sorted(save_dict)}); add "model": "@network"'
+            )
         self.save_dir = Path(save_dir)
         self.save_dict = dict(save_dict)
         self.save_key_metric = save_key_metric
@@ -108,13 +110,17 @@ class AtomicCheckpointSaver:
     def _save_best(self, engine: Engine) -> None:
         name = self.key_metric_name or getattr(engine.state, "key_metric_name", None)
         if name is None or name not in engine.state.metrics:
-            raise KeyError(f"AtomicCheckpointSaver: metric {name!r} not in evaluator metrics {list(engine.state.metrics)}")
+            raise KeyError(
+                f"AtomicCheckpointSaver: metric {name!r} not in evaluator metrics {list(engine.state.metrics)}"
+            )
         value = self.sign * float(engine.state.metrics[name])
         if self.best is None or value > self.best:
             self.best = value
             if _is_rank0():
                 atomic_torch_save(_state(self.save_dict["model"]), self.save_dir / self.key_metric_filename)
-                logger.info(f"saved best model ({name}={self.sign * value:.4f}) to {self.save_dir / self.key_metric_filename}")
+                logger.info(
+                    f"saved best model ({name}={self.sign * value:.4f}) to {self.save_dir / self.key_metric_filename}"
+                )
 
     def _save_last(self, engine: Engine) -> None:
         if not _is_rank0():

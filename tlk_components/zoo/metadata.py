@@ -64,7 +64,7 @@ def metadata_errors(meta: dict[str, Any] | str | os.PathLike) -> list[str]:
     ]
     version, changelog = meta.get("version"), meta.get("changelog")
     if isinstance(changelog, dict) and isinstance(version, str) and version not in changelog:
-        errors.append(f"{name}: version {version} has no changelog entry; add \"{version}\": \"<what changed>\"")
+        errors.append(f'{name}: version {version} has no changelog entry; add "{version}": "<what changed>"')
     if isinstance(changelog, dict) and isinstance(version, str) and changelog:
         try:
             newest = max(changelog, key=parse_version)

@@ -87,7 +87,12 @@ def _register_optional_commands() -> None:
 
 
 #: command name -> "module:function"; commands whose module is not present are skipped.
-OPTIONAL_COMMANDS: dict[str, str] = {}
+OPTIONAL_COMMANDS: dict[str, str] = {
+    "verify": "tlk_components.zoo.verify:verify_cmd",
+    "package": "tlk_components.zoo.package:package_cmd",
+    "download": "tlk_components.zoo.download:download_cmd",
+    "kidney_demo": "tlk_components.adaptation.demo:run_demo",
+}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,159 @@
+# Copyright (c) TLK Model Zoo contributors. Licensed under the Apache License, Version 2.0.
+"""Benchmark of ``kidney_ct_da_segmentation``: label-free adaptation vs. the target-supervised oracle.
+
+In one run on the demo data (AMOS22-style source → KiTS19-style target phantoms), every stage through the bundle's
+real configs (``python -m monai.bundle run``):
+
+1. source pretraining (``pretrain.json``) → the **source-only** model;
+2. the **oracle**: the same network, optimiser and learning rate trained from scratch on target labels
+   (``oracle.json``), validated on the target test cases after every epoch; its time is the training time until
+   it FIRST reaches its best Dice (validation time excluded);
+3. **adapted**: the best label-free adapter (``train.json``: entropy + class-size prior on target batches,
+   a fixed budget of ``--adapt_epochs x --adapt_epoch_length`` steps — a stopping rule that reads no label);
+4. **DANN** (``train.json`` + ``train_dann.json``): source supervision + encoder adversary, fixed budget;
+5. ``evaluate.json``: target kidney Dice of all four side by side on the held-out target cases.
+
+Prints a table, ratios and peak RSS of the child processes; the LAST line is one JSON object with
+``dice_source_only, dice_adapted, dice_dann, dice_oracle, dice_ratio, speedup, speedup_incl_pretrain,
+peak_rss_gb`` (plus times). Run it alone on the machine (``flock /tmp/tlk_heavy.lock``); it takes minutes.
+
+Usage::
+
+    python benchmarks/bench_kidney_da.py --out /tmp/kidney_da_bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "bundles" / "kidney_ct_da_segmentation" / "configs"
+
+
+def _run(configs: list[str], log: Path, **overrides: Any) -> float:
+    """Run ``monai.bundle run`` with ``configs`` and ``--key value`` overrides; returns the wall time."""
+    files = [str(CONFIGS / c) for c in configs]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
+           files[0] if len(files) == 1 else json.dumps(files)]
+    for k, v in overrides.items():
+        cmd += [f"--{k}", json.dumps(v) if isinstance(v, dict | list) else str(v)]
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, cwd=str(log.parent), stdout=f, stderr=subprocess.STDOUT,
+                              env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        tail = log.read_text()[-4000:]
+        raise SystemExit(f"stage failed ({' '.join(configs)}), log {log}:\n{tail}")
+    return wall
+
+
+def _json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="/tmp/kidney_da_bench", help="work folder (demo data, models, logs)")
+    ap.add_argument("--pretrain_epochs", type=int, default=60)
+    ap.add_argument("--oracle_epochs", type=int, default=60)
+    ap.add_argument("--adapt_epochs", type=int, default=4)
+    ap.add_argument("--adapt_epoch_length", type=int, default=10)
+    ap.add_argument("--dann_epochs", type=int, default=4)
+    ap.add_argument("--dann_epoch_length", type=int, default=10)
+    ap.add_argument("--stages", default="pretrain,oracle,adapt,dann,evaluate",
+                    help="comma-separated subset (reuses earlier outputs in --out)")
+    ap.add_argument("--adapt_override", default="{}", help="JSON dict of extra overrides for the adapted run")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stages = set(args.stages.split(","))
+    data = out / "demo"
+    models = out / "models"
+    common = {"dataset_dir": data, "demo_dir": data}
+    pretrained = models / "pretrained.pt"
+    times_file = out / "times.json"
+    times: dict[str, float] = _json(times_file) if times_file.is_file() else {}
+
+    if not (data / "kits19").is_dir():
+        from tlk_components.data.kidney import write_demo
+
+        write_demo(data, size="demo", seed=0)
+    if "pretrain" in stages:
+        _run(["train.json", "pretrain.json"], out / "pretrain.log", **common, ckpt_dir=models,
+             output_dir=out / "eval_pretrain", epochs=args.pretrain_epochs, resume=False)
+        times["pretrain_s"] = _json(out / "eval_pretrain" / "pretrain_time.json")["train_time_s"]
+    if "oracle" in stages:
+        _run(["train.json", "pretrain.json", "oracle.json"], out / "oracle.log", **common, ckpt_dir=models,
+             output_dir=out / "eval_oracle", epochs=args.oracle_epochs, resume=False)
+        hist = _json(out / "eval_oracle" / "oracle_history.json")
+        times["oracle_to_best_s"] = hist["time_to_best_s"]
+        times["oracle_best_epoch"] = hist["epoch_of_best"]
+        times["oracle_total_s"] = _json(out / "eval_oracle" / "oracle_time.json")["train_time_s"]
+    if "adapt" in stages:
+        _run(["train.json"], out / "adapt.log", **common, ckpt_dir=out / "models_adapted",
+             output_dir=out / "eval_adapted", pretrained_path=pretrained, plans_file=models / "plans.json",
+             epochs=args.adapt_epochs, epoch_length=args.adapt_epoch_length, val_interval=10**6, resume=False,
+             **json.loads(args.adapt_override))
+        times["adapt_s"] = _json(out / "eval_adapted" / "adapt_time.json")["train_time_s"]
+    if "dann" in stages:
+        _run(["train.json", "train_dann.json"], out / "dann.log", **common, ckpt_dir=out / "models_dann",
+             output_dir=out / "eval_dann", pretrained_path=pretrained, plans_file=models / "plans.json",
+             epochs=args.dann_epochs, epoch_length=args.dann_epoch_length, val_interval=10**6, resume=False)
+        times["dann_s"] = _json(out / "eval_dann" / "adapt_time.json")["train_time_s"]
+    times_file.write_text(json.dumps(times, indent=2))
+    if "evaluate" in stages:
+        ckpts = {"source_only": str(pretrained), "adapted": str(out / "models_adapted" / "model.pt"),
+                 "dann": str(out / "models_dann" / "model.pt"), "oracle": str(models / "oracle.pt")}
+        _run(["train.json", "evaluate.json"], out / "evaluate.log", **common, ckpt_dir=models,
+             output_dir=out / "eval", checkpoints=ckpts)
+    if not (out / "eval" / "metrics.json").is_file():
+        print(f"no {out / 'eval' / 'metrics.json'} yet; run the evaluate stage. Times so far: {times}")
+        return {}
+    metrics = _json(out / "eval" / "metrics.json")
+    d = {k: metrics.get(f"target_mean_dice_kidney_{k}") for k in ("source_only", "adapted", "dann", "oracle")}
+    peak_rss_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
+    adapt_s, oracle_s, pre_s = times.get("adapt_s"), times.get("oracle_to_best_s"), times.get("pretrain_s")
+    ratio = d["adapted"] / d["oracle"] if d["adapted"] is not None and d["oracle"] else None
+    speedup = oracle_s / adapt_s if oracle_s and adapt_s else None
+    speedup_pre = oracle_s / (adapt_s + pre_s) if oracle_s and adapt_s and pre_s else None
+    print("\n| method | target kidney Dice | / oracle | training time (s) |")
+    print("|---|---|---|---|")
+    for name, t in (("source_only", pre_s), ("adapted", adapt_s), ("dann", times.get("dann_s")),
+                    ("oracle", oracle_s)):
+        if d[name] is not None:
+            rel = d[name] / d["oracle"] if d["oracle"] else float("nan")
+            print(f"| {name} | {d[name]:.4f} | {rel:.3f} | {t if t is not None else float('nan'):.1f} |")
+    print(f"oracle: best Dice at epoch {times.get('oracle_best_epoch')} after {oracle_s} s of training "
+          f"(validation excluded); total {times.get('oracle_total_s')} s")
+    print(f"dice_ratio (adapted/oracle) = {ratio}; speedup (oracle time-to-best / adaptation) = {speedup}; "
+          f"incl. pretraining = {speedup_pre}; source-only gap = "
+          f"{(d['oracle'] - d['source_only']) * 100 if d['oracle'] and d['source_only'] is not None else None} points")
+    result = {
+        "dice_source_only": d["source_only"],
+        "dice_adapted": d["adapted"],
+        "dice_dann": d["dann"],
+        "dice_oracle": d["oracle"],
+        "dice_ratio": ratio,
+        "speedup": speedup,
+        "speedup_incl_pretrain": speedup_pre,
+        "peak_rss_gb": round(peak_rss_gb, 3),
+        "adapt_time_s": adapt_s,
+        "dann_time_s": times.get("dann_s"),
+        "oracle_time_to_best_s": oracle_s,
+        "pretrain_time_s": pre_s,
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+# Copyright (c) TLK Model Zoo contributors. Licensed under the Apache License, Version 2.0.
+"""brats_mri_box_localization end to end on the tiny demo through ``python -m monai.bundle run``.
+
+Train (1 epoch, validation every epoch), resume, evaluate (metrics.json, per-volume IoU CSV, overlays) and
+predict (JSON per slice and per volume, PNG overlays, NIfTI box mask in the original geometry). The tiny
+dataset's training split holds a tumour-free case, and a broken dataset fails before any compute.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import pytest
+
+from tests.bundle_utils import BUNDLES, run_bundle
+from tlk_components.data import brats
+
+BUNDLE = "brats_mri_box_localization"
+CFG = BUNDLES / BUNDLE / "configs"
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("brats_box")
+    data = brats.write_demo(root / "data", size="tiny", seed=0)
+    return {"root": root, "data": Path(data), "models": root / "models", "eval": root / "eval"}
+
+
+def _common(work: dict[str, Path]) -> dict:
+    return {
+        "dataset_dir": work["data"],
+        "demo_dir": work["data"],
+        "ckpt_dir": work["models"],
+        "output_dir": work["eval"],
+        "batch_size": 8,
+    }
+
+
+def test_configs_metadata_readme_and_duplicated_definitions_agree() -> None:
+    for f in CFG.glob("*.json"):
+        json.loads(f.read_text())
+    from tlk_components.zoo.metadata import metadata_errors
+
+    assert metadata_errors(CFG / "metadata.json") == []
+    meta = json.loads((CFG / "metadata.json").read_text())
+    readme = (BUNDLES / BUNDLE / "docs" / "README.md").read_text()
+    for key, value in meta["eval_metrics"].items():
+        assert f"| {key} | {value} |" in readme
+    train = json.loads((CFG / "train.json").read_text())
+    infer = json.loads((CFG / "inference.json").read_text())
+    for key in (
+        "box_params",
+        "network_def",
+        "image_size",
+        "max_slices",
+        "levels",
+        "anchor_shapes",
+        "anchor_scales",
+        "anchor_ratios",
+        "iou_upper",
+        "iou_lower",
+        "iou_nms",
+        "score_threshold",
+    ):
+        assert infer[key] == train[key], f"inference.json {key} differs from train.json"
+    evaluate = json.loads((CFG / "evaluate.json").read_text())
+    writer = next(h for h in evaluate["validate#handlers"] if h["_target_"].endswith("MetricsJsonWriter"))
+    assert writer["keys"] == list(meta["eval_metrics"])
+    assert train["optimizer"]["_target_"] == "torch.optim.Adam" and train["learning_rate"] == 0.0002
+    assert "Adam" in readme and "0.0002" in readme
+
+
+@pytest.mark.slow
+def test_train_resume_evaluate_infer(work: dict[str, Path]) -> None:
+    out = run_bundle(BUNDLE, "train.json", **_common(work), epochs=1, val_interval=1)
+    assert (work["models"] / "model.pt").is_file() and (work["models"] / "checkpoint_last.pt").is_file()
+    assert (work["eval"] / "loss_curve.png").is_file()
+    assert "val_box_sensitivity_IoU_0.50" in out.stdout and "bbox_regression" in out.stdout
+
+    out = run_bundle(BUNDLE, "train.json", **_common(work), epochs=2, val_interval=1)
+    assert "resumed from" in out.stdout and "Epoch[2] Complete" in out.stdout and "Epoch[1] Complete" not in out.stdout
+
+    run_bundle(BUNDLE, ["train.json", "evaluate.json"], **_common(work))
+    metrics = json.loads((work["eval"] / "metrics.json").read_text())
+    meta = json.loads((CFG / "metadata.json").read_text())
+    for key in meta["eval_metrics"]:
+        assert key in metrics
+    assert metrics["AP_IoU_0.50_MaxDet_100"] is None or 0.0 <= metrics["AP_IoU_0.50_MaxDet_100"] <= 1.0
+    rows = list(csv.DictReader(open(work["eval"] / "volume_iou.csv")))
+    assert [r["case"] for r in rows] == ["BraTS20_Training_005"]  # the test split
+    assert (work["eval"] / "volume_iou.png").is_file()
+    assert (work["eval"] / "predictions" / "BraTS20_Training_005" / "BraTS20_Training_005_boxes.json").is_file()
+
+    pred_dir = work["root"] / "pred"
+    run_bundle(
+        BUNDLE,
+        "inference.json",
+        input_dir=work["data"],
+        demo_dir=work["root"] / "unused_demo",
+        output_dir=pred_dir,
+        ckpt_dir=work["models"],
+    )
+    for case in [f"BraTS20_Training_{i:03d}" for i in range(1, 6)]:
+        result = json.loads((pred_dir / case / f"{case}_boxes.json").read_text())
+        assert len(result["slices"]) == 12 and isinstance(result["volume_boxes"], list)
+        assert all(len(s["boxes"]) == len(s["scores"]) for s in result["slices"])
+        mask = nib.load(str(pred_dir / case / f"{case}_boxmask.nii.gz"))
+        assert mask.shape == (96, 96, 12)
+
+
+@pytest.mark.slow
+def test_broken_dataset_fails_before_compute(work: dict[str, Path]) -> None:
+    broken = work["root"] / "broken"
+    shutil.copytree(work["data"], broken)
+    (broken / "BraTS20_Training_002" / "BraTS20_Training_002_flair.nii.gz").unlink()
+    out = run_bundle(
+        BUNDLE,
+        "train.json",
+        dataset_dir=broken,
+        demo_dir=broken,
+        ckpt_dir=work["root"] / "m2",
+        output_dir=work["root"] / "e2",
+        epochs=1,
+        check=False,
+    )
+    assert out.returncode != 0
+    assert "BraTS20_Training_002: BraTS20_Training_002_flair.nii.gz missing" in out.stdout
+    assert not (work["root"] / "m2" / "model.pt").exists()

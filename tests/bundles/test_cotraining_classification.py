@@ -1,0 +1,129 @@
+# Copyright (c) TLK Model Zoo contributors. Licensed under the Apache License, Version 2.0.
+"""cotraining_classification through the real ``python -m monai.bundle run``: train, resume, evaluate, inference,
+the labelled-only baseline, a bad dataset; plus README/metadata and train/inference config consistency."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.bundle_utils import BUNDLES, run_bundle
+from tlk_components.data.cotraining import write_demo
+from tlk_components.utils.io import load_weights
+from tlk_components.zoo.metadata import metadata_errors
+
+NAME = "cotraining_classification"
+CONFIGS = BUNDLES / NAME / "configs"
+TINY = {"iterations": 2, "epochs": 1, "k": 10, "batch_size": 16, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return write_demo(tmp_path_factory.mktemp("cot_bundle") / "tiny", size="tiny")
+
+
+@pytest.mark.slow
+def test_train_resume_evaluate_inference(tiny, tmp_path):
+    dirs = {"dataset_dir": str(tiny), "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval")}
+    proc = run_bundle(NAME, "train.json", cwd=tmp_path, **dirs, **TINY)
+    assert "iteration 2/2" in proc.stdout
+    models = tmp_path / "models"
+    for v in (0, 1):
+        assert isinstance(load_weights(models / f"model{v}.pt"), dict)
+    assert json.loads((models / "classes.json").read_text()) == {str(c): c for c in range(10)}
+    log = json.loads((tmp_path / "eval" / "cotraining_log.json").read_text())
+    assert [h["iteration"] for h in log] == [1, 2] and log[0]["added_view0"] > 0
+    assert (tmp_path / "eval" / "cotraining_accuracy.png").is_file()
+    assert "val_accuracy_ensemble" in json.loads((tmp_path / "eval" / "val_metrics.json").read_text())
+
+    # same command, one more iteration: resumes after iteration 2 instead of starting over
+    proc = run_bundle(NAME, "train.json", cwd=tmp_path, **dirs, **{**TINY, "iterations": 3})
+    assert "resumed from" in proc.stdout and "iteration 1/3" not in proc.stdout
+    assert len(json.loads((tmp_path / "eval" / "cotraining_log.json").read_text())) == 3
+
+    run_bundle(NAME, ["train.json", "evaluate.json"], cwd=tmp_path, **dirs, **TINY)
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    assert set(meta["eval_metrics"]) <= set(metrics)
+    assert all(0.0 <= metrics[k] <= 1.0 for k in meta["eval_metrics"])
+    assert (tmp_path / "eval" / "test_per_class_accuracy.png").is_file()
+
+    run_bundle(
+        NAME,
+        "inference.json",
+        cwd=tmp_path,
+        input_dir=str(tiny),
+        ckpt_dir=dirs["ckpt_dir"],
+        output_dir=str(tmp_path / "pred"),
+        device="cpu",
+    )
+    rows = list(csv.DictReader((tmp_path / "pred" / "predictions.csv").open()))
+    assert len(rows) == 120 and all(r["pred"] in {str(c) for c in range(10)} for r in rows)
+
+
+@pytest.mark.slow
+def test_train_supervised_baseline(tiny, tmp_path):
+    run_bundle(
+        NAME,
+        ["train.json", "train_supervised.json"],
+        cwd=tmp_path,
+        dataset_dir=str(tiny),
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "eval"),
+        **TINY,
+    )
+    log = json.loads((tmp_path / "eval" / "cotraining_log.json").read_text())
+    assert all(h["mode"] == "labelled_only" and h["added_view0"] == h["added_view1"] == 0 for h in log)
+
+
+@pytest.mark.slow
+def test_ill_bad_dataset_lists_every_problem(tiny, tmp_path):
+    bad = Path(shutil.copytree(tiny, tmp_path / "bad"))
+    next((bad / "view1" / "4").glob("*.png")).unlink()
+    lines = (bad / "samples.csv").read_text().splitlines()
+    lines[1] = lines[1].rsplit(",", 1)[0] + ",ten"
+    (bad / "samples.csv").write_text("\n".join(lines) + "\n")
+    proc = run_bundle(
+        NAME,
+        "train.json",
+        cwd=tmp_path,
+        check=False,
+        dataset_dir=str(bad),
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "eval"),
+        **TINY,
+    )
+    assert proc.returncode != 0
+    assert "2 problem(s)" in proc.stdout and "view1 image file missing" in proc.stdout
+    assert "label 'ten' is not in the class map" in proc.stdout
+    assert not (tmp_path / "models" / "model0.pt").exists()
+
+
+def test_inference_network_defs_match_train():
+    train = json.loads((CONFIGS / "train.json").read_text())
+    infer = json.loads((CONFIGS / "inference.json").read_text())
+    for key in (
+        "network_def_view0",
+        "network_def_view1",
+        "network_view0",
+        "network_view1",
+        "view0_network",
+        "view1_network",
+    ):
+        assert infer[key] == train[key], key
+    assert infer["preprocessing"] == train["train"]["preprocessing"]
+
+
+def test_metadata_valid_and_readme_matches():
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    assert metadata_errors(meta) == []
+    readme = (BUNDLES / NAME / "docs" / "README.md").read_text()
+    for key, value in meta["eval_metrics"].items():
+        m = re.search(rf"^\| {re.escape(key)} \| ([0-9.]+) \|", readme, flags=re.M)
+        assert m, f"README performance table lacks {key}"
+        assert float(m.group(1)) == pytest.approx(value), key

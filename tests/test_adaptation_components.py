@@ -1,0 +1,184 @@
+# Copyright (c) TLK Model Zoo contributors. Licensed under the Apache License, Version 2.0.
+"""Reference checks of the Transfer Learning Kit components (GRL, discriminators, DANN, entropy, KD)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tlk_components.adaptation.dann import DomainAdversarialLoss, ShapeAdversarialLoss, binary_domain_accuracy
+from tlk_components.adaptation.discriminator import DomainDiscriminator, MultiScaleDomainDiscriminator
+from tlk_components.adaptation.distill import Distiller, FeatureMatchingLoss, KDLoss
+from tlk_components.adaptation.entropy import (
+    ConfidentPseudoLabelLoss,
+    EntropyPriorLoss,
+    class_prior_from_labels,
+    class_prior_from_predictions,
+)
+from tlk_components.adaptation.grl import GradientReverseLayer, WarmStartGradientReverseLayer, warm_start_coeff
+from tlk_components.utils.errors import ConfigError
+
+
+@pytest.mark.parametrize("coeff", [0.0, 0.3, 1.0, 2.5])
+def test_grl_backward_is_minus_lambda_grad(coeff: float) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, requires_grad=True)
+    g = torch.randn(4, 3)
+    y = GradientReverseLayer(coeff)(x)
+    assert torch.equal(y, x)
+    y.backward(g)
+    assert torch.allclose(x.grad, -coeff * g)
+
+
+def test_warm_start_schedule_and_explicit_step() -> None:
+    grl = WarmStartGradientReverseLayer(alpha=1.0, lo=0.0, hi=1.0, max_iters=100)
+    assert grl.coeff == 0.0
+    x = torch.ones(2, requires_grad=True)
+    for _ in range(3):
+        grl(x)  # forward passes do not advance the schedule
+    assert grl.iter_num == 0
+    grl.step(100)
+    expected = 2.0 / (1.0 + math.exp(-1.0)) - 1.0
+    assert grl.coeff == pytest.approx(expected)
+    grl(x).sum().backward()
+    assert torch.allclose(x.grad, torch.full_like(x, -expected))
+    assert warm_start_coeff(10**9, hi=0.7) == pytest.approx(0.7)
+    # the counter is part of the state dict, so a resumed run continues the schedule
+    other = WarmStartGradientReverseLayer(max_iters=100)
+    other.load_state_dict(grl.state_dict())
+    assert other.iter_num == 100
+
+
+def test_ill_grl_arguments() -> None:
+    with pytest.raises(ConfigError, match="coeff"):
+        GradientReverseLayer(-1.0)
+    with pytest.raises(ConfigError, match="hi"):
+        WarmStartGradientReverseLayer(lo=0.5, hi=0.1)
+
+
+def test_multiscale_discriminator_shapes_and_errors() -> None:
+    feats = [torch.randn(3, 4, 16, 16, 8), torch.randn(3, 8, 8, 8, 4), torch.randn(3, 16, 4, 4, 4)]
+    d = MultiScaleDomainDiscriminator([4, 8, 16], strides=[2, (2, 2, 1), 2], base_channels=5)
+    assert d(feats).shape == (3, 1)
+    tlk = MultiScaleDomainDiscriminator([4, 8, 16], strides=[2, (2, 2, 1), 2], base_channels=5, head=False)
+    assert tlk(feats).shape == (3, 15)  # TLK: every pooled channel is a domain logit
+    with pytest.raises(ValueError, match="strides"):
+        MultiScaleDomainDiscriminator([4, 8, 16], strides=[1, 2, 2])(feats)
+    with pytest.raises(ConfigError, match="strides"):
+        MultiScaleDomainDiscriminator([4, 8], strides=[2])
+    assert DomainDiscriminator(16, 8)(feats).shape == (3, 1)
+
+
+def test_dann_loss_value_gradient_sign_and_accuracy() -> None:
+    torch.manual_seed(0)
+    disc = DomainDiscriminator(4, 8, batch_norm=False).eval()
+    loss_fn = DomainAdversarialLoss(disc, grl=GradientReverseLayer(1.0))
+    f_s = torch.randn(5, 4, requires_grad=True)
+    f_t = torch.randn(6, 4)
+    d_s, d_t = loss_fn.logits(f_s, f_t)
+    ref = 0.5 * (
+        torch.nn.functional.binary_cross_entropy(torch.sigmoid(d_s), torch.ones_like(d_s))
+        + torch.nn.functional.binary_cross_entropy(torch.sigmoid(d_t), torch.zeros_like(d_t))
+    )
+    loss = loss_fn(f_s, f_t)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    loss.backward()
+    # the discriminator descends the loss; the features receive the reversed gradient
+    f_plain = f_s.detach().clone().requires_grad_(True)
+    DomainAdversarialLoss(disc, grl=torch.nn.Identity())(f_plain, f_t).backward()
+    assert torch.allclose(f_s.grad, -f_plain.grad, atol=1e-7)
+    assert 0.0 <= binary_domain_accuracy(d_s, d_t) <= 1.0
+    assert binary_domain_accuracy(torch.ones(2, 1), -torch.ones(2, 1)) == 1.0
+
+
+def test_shape_adversary_runs_on_masks() -> None:
+    disc = MultiScaleDomainDiscriminator([2], strides=[2], base_channels=4)
+    loss = ShapeAdversarialLoss(torch.nn.Sequential(_AsList(), disc))
+    real = torch.nn.functional.one_hot(torch.randint(0, 2, (2, 8, 8, 8)), 2).movedim(-1, 1)
+    fake = torch.softmax(torch.randn(2, 2, 8, 8, 8, requires_grad=True), 1)
+    assert loss(real, fake).ndim == 0
+
+
+class _AsList(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x]
+
+
+def test_entropy_prior_terms() -> None:
+    loss = EntropyPriorLoss([0.75, 0.25])
+    # uniform predictions: entropy 1 (normalised), prior KL(π || [0.5, 0.5])
+    out = loss(torch.zeros(2, 2, 4, 4, 4))
+    assert out["entropy"].item() == pytest.approx(1.0)
+    assert out["prior"].item() == pytest.approx(0.75 * math.log(1.5) + 0.25 * math.log(0.5))
+    # predictions that match the prior exactly and are confident: prior term 0, entropy near 0
+    logits = torch.full((1, 2, 4, 4, 4), -20.0)
+    logits[:, 0, :3] = 20.0
+    logits[:, 1, 3:] = 20.0
+    out = loss(logits)
+    assert out["prior"].item() == pytest.approx(0.0, abs=1e-6)
+    assert out["entropy"].item() < 1e-6
+    with pytest.raises(ConfigError, match="class_prior"):
+        EntropyPriorLoss([0.5, 0.6])
+    with pytest.raises(ValueError, match="class prior"):
+        loss(torch.zeros(1, 3, 2, 2, 2))
+
+
+def test_class_priors() -> None:
+    labels = [torch.tensor([[0, 0, 0, 1]]), torch.tensor([[0, 1, 0, 0]])]
+    assert class_prior_from_labels(labels, 2) == pytest.approx([0.75, 0.25])
+    probs = [torch.tensor([[0.5, 1.0], [0.5, 0.0]])]
+    assert class_prior_from_predictions(probs) == pytest.approx([0.75, 0.25])
+
+
+def test_pseudo_label_uses_only_confident_voxels() -> None:
+    loss = ConfidentPseudoLabelLoss(threshold=0.9)
+    teacher = torch.zeros(1, 2, 2, 2, 2)  # p = 0.5 everywhere: nothing confident
+    assert loss(torch.randn(1, 2, 2, 2, 2), teacher).item() == 0.0
+    teacher[:, 1] = 10.0
+    student = torch.zeros(1, 2, 2, 2, 2)
+    assert loss(student, teacher).item() == pytest.approx(math.log(2.0))
+
+
+def test_kd_equal_logits_is_zero_and_positive_otherwise() -> None:
+    torch.manual_seed(0)
+    t = torch.randn(3, 4, 5, 5, 5)
+    kd = KDLoss(temperature=4.0)
+    assert kd(t.clone(), t).item() == pytest.approx(0.0, abs=1e-6)
+    assert kd(torch.randn_like(t), t).item() > 0
+    # reference: T^2 * KL for 2-D logits
+    s2, t2 = torch.randn(6, 3), torch.randn(6, 3)
+    ref = torch.nn.functional.kl_div(
+        torch.log_softmax(s2 / 2, 1), torch.log_softmax(t2 / 2, 1), reduction="batchmean", log_target=True
+    ) * 4
+    assert KDLoss(2.0)(s2, t2).item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_distiller_freezes_teacher_across_structures() -> None:
+    teacher = torch.nn.Sequential(torch.nn.Conv3d(1, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(6, 2, 1))
+    student = torch.nn.Sequential(torch.nn.Conv3d(1, 3, 3, padding=1), torch.nn.Conv3d(3, 2, 1))
+    dist = Distiller(teacher, teacher_layers=["1"], student_channels=[3], teacher_channels=[6])
+    dist.train()
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    x = torch.randn(2, 1, 6, 6, 6)
+    feat = student[0](x)
+    out = dist.losses(x, student[1](feat), [feat])
+    (out["kd"] + out["feature"]).backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert student[0].weight.grad is not None
+    with pytest.raises(ConfigError, match="same length"):
+        FeatureMatchingLoss([3], [6, 2])
+
+
+def test_size_range_prior_is_zero_inside_and_quadratic_outside() -> None:
+    loss = EntropyPriorLoss([0.9, 0.1], size_range=(0.5, 2.0))
+    logits = torch.full((1, 2, 10, 1, 1), -20.0)
+    logits[:, 0, 1:] = 20.0
+    logits[:, 1, :1] = 20.0  # kidney share 0.1 = prior: inside the range
+    assert loss(logits)["prior"].item() == pytest.approx(0.0, abs=1e-6)
+    logits[:, 0] = -20.0
+    logits[:, 1] = 20.0  # kidney share 1.0: ratio 10, range upper bound 2
+    assert loss(logits)["prior"].item() == pytest.approx(math.log(5.0) ** 2, rel=1e-4)
+    with pytest.raises(ConfigError, match="size_range"):
+        EntropyPriorLoss([0.9, 0.1], size_range=(1.5, 2.0))

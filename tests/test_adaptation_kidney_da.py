@@ -1,0 +1,77 @@
+# Copyright (c) TLK Model Zoo contributors. Licensed under the Apache License, Version 2.0.
+"""Workflow helpers of kidney_ct_da_segmentation: label-free target verification, priors, side-by-side Dice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tlk_components.adaptation.kidney_da import TargetDiceEvaluation, kidney_prior, prepare_domains, scaled_prior
+from tlk_components.data import kidney
+from tlk_components.utils.errors import ConfigError, DatasetError
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return Path(kidney.write_demo(tmp_path_factory.mktemp("kda") / "data", size="tiny", seed=0))
+
+
+def test_label_free_verification_never_opens_target_labels(tiny: Path, tmp_path: Path) -> None:
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny, data)
+    for seg in (data / "kits19").glob("case_*/segmentation.nii.gz"):
+        seg.write_bytes(b"corrupt")
+    src, tgt = kidney.source_dir(data), kidney.target_dir(data)
+    assert prepare_domains(data, tmp_path / "demo", src, tgt, target_labels=False) == str(data)
+    with pytest.raises(DatasetError) as err:
+        prepare_domains(data, tmp_path / "demo", src, tgt, target_labels=True)
+    assert all(f"case_0000{i}" in str(err.value) for i in range(4))  # every bad case is listed
+    (data / "kits19" / "case_00001" / "imaging.nii.gz").write_bytes(b"corrupt")
+    with pytest.raises(DatasetError, match="case_00001"):
+        prepare_domains(data, tmp_path / "demo", src, tgt, target_labels=False)
+
+
+def test_kidney_prior_and_scaling(tiny: Path) -> None:
+    prior = kidney_prior(kidney.amos22_datalist(kidney.source_dir(tiny)))
+    assert prior[0] + prior[1] == pytest.approx(1.0) and 0.0 < prior[1] < 0.1
+    assert scaled_prior(prior, 2.0)[1] == pytest.approx(2 * prior[1])
+    with pytest.raises(DatasetError, match="kidney_prior"):
+        kidney_prior([{"image": "x.nii.gz"}])
+    with pytest.raises(ConfigError, match="kidney_scale"):
+        scaled_prior(prior, 0.0)
+
+
+class _Const(torch.nn.Module):
+    """Predicts 'kidney' where the image is above a threshold (a stand-in network)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.t = torch.nn.Parameter(torch.tensor(0.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.t - x, x - self.t], 1)
+
+
+def test_target_dice_evaluation_side_by_side(tmp_path: Path) -> None:
+    img = torch.zeros(1, 8, 8, 8)
+    img[:, 2:6, 2:6, 2:6] = 1.0
+    lab = (img > 0).float()
+    net = _Const()
+    good, bad = tmp_path / "good.pt", tmp_path / "bad.pt"
+    torch.save({"t": torch.tensor(0.5)}, good)
+    torch.save({"t": torch.tensor(2.0)}, bad)  # predicts nothing
+    items = [{"image": img, "label": lab} for _ in range(2)]
+    ev = TargetDiceEvaluation(net, {"adapted": str(good), "source_only": str(bad), "oracle": str(tmp_path / "no.pt")},
+                              items, transforms=None, inferer=lambda x, n: n(x), device="cpu", output_dir=tmp_path,
+                              mirror_axes=[0])
+    metrics = ev.run()
+    assert metrics["target_mean_dice_kidney_adapted"] == pytest.approx(1.0)
+    assert metrics["target_mean_dice_kidney_source_only"] == pytest.approx(0.0)
+    assert "target_mean_dice_kidney_oracle" not in metrics  # missing checkpoints are skipped
+    assert (tmp_path / "per_case_dice.csv").is_file() and (tmp_path / "dice_per_case.png").is_file()
+    with pytest.raises(ConfigError, match="without 'label'"):
+        TargetDiceEvaluation(net, {}, [{"image": "x"}], None, None, "cpu", tmp_path)

@@ -1,0 +1,174 @@
+# Copyright (c) TLK Model Zoo contributors. Licensed under the Apache License, Version 2.0.
+"""BraTS data module (layout checks, demo writer, datasets) and the issue's bad-input cases end to end."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from tlk_components.boxes.params import BoxParams
+from tlk_components.boxes.targets import BoxTargetBuilder, BoxTargetsd
+from tlk_components.data.brats import (
+    BratsSliceDataset,
+    BratsVolumeDataset,
+    brats_datalist,
+    load_case,
+    mean_projection,
+    prepare_inputs,
+    verify_dataset,
+    write_demo,
+)
+from tlk_components.engines.box_engine import BoxEvaluator, BoxTrainer
+from tlk_components.engines.box_metrics import BoxAveragePrecision, BoxPPV, BoxSensitivity, VolumeIoU
+from tlk_components.losses.focal import BoxLocalizationLoss
+from tlk_components.networks.fpn import BoxFPN
+from tlk_components.utils.errors import ConfigError, DatasetError
+from tlk_components.zoo.datasets import prepare_dataset
+
+SMALL_NET = dict(channels=(4, 8, 8, 8), fpn_channels=8, head_channels=8, head_blocks=1)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return write_demo(tmp_path_factory.mktemp("brats") / "data", size="tiny", seed=0)
+
+
+def _params() -> BoxParams:
+    return BoxParams(image_shape=(96, 96), levels=(2, 3), anchor_shapes=(12, 24))
+
+
+def _digest(folder) -> str:
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*.nii.gz")):
+        h.update(f.name.encode())
+        h.update(np.asarray(nib.load(str(f)).dataobj).tobytes())
+    return h.hexdigest()
+
+
+def test_demo_layout_and_determinism(tiny, tmp_path):
+    cases = sorted(p.name for p in tiny.iterdir())
+    assert cases == [f"BraTS20_Training_{i:03d}" for i in range(1, 6)]
+    files = sorted(p.name for p in (tiny / cases[0]).iterdir())
+    assert files == [f"{cases[0]}_{s}.nii.gz" for s in ("flair", "seg", "t1", "t1ce", "t2")]
+    assert verify_dataset(tiny).ok
+    again = write_demo(tmp_path / "again", size="tiny", seed=0)
+    assert _digest(again) == _digest(tiny)
+    seg = np.asarray(nib.load(str(tiny / cases[0] / f"{cases[0]}_seg.nii.gz")).dataobj)
+    assert set(np.unique(seg).tolist()) <= {0, 1, 2, 4} and seg.max() > 0
+    empty = np.asarray(nib.load(str(tiny / cases[1] / f"{cases[1]}_seg.nii.gz")).dataobj)
+    assert empty.max() == 0  # a case without tumour
+    flair = np.asarray(nib.load(str(tiny / cases[0] / f"{cases[0]}_flair.nii.gz")).dataobj).astype(float)
+    t1 = np.asarray(nib.load(str(tiny / cases[0] / f"{cases[0]}_t1.nii.gz")).dataobj).astype(float)
+    tumour = seg > 0
+    assert flair[tumour].mean() > flair[(flair > 0) & ~tumour].mean()  # bright on FLAIR
+    assert t1[tumour].mean() < t1[(t1 > 0) & ~tumour].mean()  # dark on T1
+
+
+def test_loading_binarises_and_splits(tiny):
+    v = load_case(tiny / "BraTS20_Training_001", image_size=(64, 64), max_slices=0)
+    assert v["image"].shape == (12, 4, 64, 64) and v["label"].shape == (12, 1, 64, 64)
+    assert set(torch.unique(v["label"]).tolist()) == {0, 1}
+    assert v["orig_shape"] == (96, 96, 12)
+    assert [d["case"] for d in brats_datalist(tiny, "train")] == [f"BraTS20_Training_{i:03d}" for i in (1, 2, 3)]
+    assert [d["case"] for d in brats_datalist(tiny, "validation")] == ["BraTS20_Training_004"]
+    assert [d["case"] for d in brats_datalist(tiny, "test")] == ["BraTS20_Training_005"]
+    with pytest.raises(ConfigError, match="split"):
+        brats_datalist(tiny, "val")
+
+
+def test_mean_intensity_projection_155_to_48():
+    img = np.arange(155, dtype=np.float32)[None, None, None, :].repeat(4, 0)
+    lbl = np.zeros((1, 1, 155), dtype=np.uint8)
+    lbl[..., 100] = 1
+    out, out_lbl, ranges = mean_projection(img, lbl, 48)
+    assert out.shape[-1] == 48 and ranges[0].tolist() == [0, 4] and ranges[-1][1] == 155
+    assert out[0, 0, 0, 0] == pytest.approx(1.5)  # mean of slices 0..3
+    hit = [i for i in range(48) if out_lbl[0, 0, i]]
+    assert len(hit) == 1 and ranges[hit[0]][0] <= 100 < ranges[hit[0]][1]
+    same, _, r = mean_projection(img[..., :40], None, 48)
+    assert same.shape[-1] == 40 and r.shape == (40, 2)
+
+
+def _broken(tiny, tmp_path):
+    d = tmp_path / "broken"
+    shutil.copytree(tiny, d)
+    (d / "BraTS20_Training_001" / "BraTS20_Training_001_t1ce.nii.gz").unlink()
+    c3 = d / "BraTS20_Training_003"
+    nib.save(nib.Nifti1Image(np.zeros((96, 80, 12), np.int16), np.eye(4)), str(c3 / "BraTS20_Training_003_t2.nii.gz"))
+    c4 = d / "BraTS20_Training_004"
+    seg = np.asarray(nib.load(str(c4 / "BraTS20_Training_004_seg.nii.gz")).dataobj).copy()
+    seg[0, 0, 0] = 3
+    nib.save(nib.Nifti1Image(seg, np.eye(4)), str(c4 / "BraTS20_Training_004_seg.nii.gz"))
+    return d
+
+
+def test_ill_dataset_every_bad_case_named(tiny, tmp_path):
+    report = verify_dataset(_broken(tiny, tmp_path))
+    text = "\n".join(report.problems)
+    assert len(report.problems) == 3 and report.n_cases == 5
+    assert "BraTS20_Training_001: BraTS20_Training_001_t1ce.nii.gz missing (sequence 't1ce')" in text
+    assert "BraTS20_Training_003: sequences have different shapes" in text and "t2 (96, 80, 12)" in text
+    assert "BraTS20_Training_004: BraTS20_Training_004_seg.nii.gz holds unexpected label values [3]" in text
+    with pytest.raises(DatasetError) as err:
+        prepare_dataset("brats_mri_box_localization", tmp_path / "broken")
+    assert str(err.value).count("BraTS20_Training_00") >= 3
+    with pytest.raises(DatasetError, match="different shapes|has shape"):
+        load_case(tmp_path / "broken" / "BraTS20_Training_003")
+    assert not verify_dataset(tmp_path / "nothing").ok
+
+
+def test_inference_inputs_need_no_seg(tiny, tmp_path):
+    d = tmp_path / "inputs"
+    shutil.copytree(tiny / "BraTS20_Training_005", d / "BraTS20_Training_005")
+    (d / "BraTS20_Training_005" / "BraTS20_Training_005_seg.nii.gz").unlink()
+    assert prepare_inputs(d) == str(d)
+    assert not verify_dataset(d).ok  # training data does need it
+    v = BratsVolumeDataset(brats_datalist(d, "all"), with_label=False)[0]
+    assert "label" not in v and v["image"].shape == (12, 4, 96, 96)
+
+
+def test_volume_without_tumour_trains_and_evaluates(tiny):
+    torch.manual_seed(0)
+    p = _params()
+    free = [{"case": "BraTS20_Training_002", "dir": str(tiny / "BraTS20_Training_002")}]
+    ds = BratsSliceDataset(free, transform=BoxTargetsd(keys="label", params=p))
+    assert all(int(ds[i]["num_boxes"]) == 0 for i in range(len(ds)))
+    net = BoxFPN(p, **SMALL_NET)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-4)
+    trainer = BoxTrainer("cpu", 1, DataLoader(ds, batch_size=6), net, opt, BoxLocalizationLoss())
+    trainer.run()
+    assert math.isfinite(float(trainer.state.output["loss"]))
+    metrics = {"sens": BoxSensitivity(), "ppv": BoxPPV(score_threshold=0.0), "vi": VolumeIoU(score_threshold=0.0)}
+    ev = BoxEvaluator(
+        "cpu",
+        DataLoader(BratsVolumeDataset(free), batch_size=1),
+        net,
+        p,
+        key_val_metric={"ap": BoxAveragePrecision(0.5)},
+        additional_metrics=metrics,
+    )
+    ev.run()
+    m = ev.state.metrics
+    assert math.isnan(m["sens"]) and math.isnan(m["ap"])  # nothing to find: undefined, not a crash
+    assert all(len(g["boxes"]) == 0 for g in ev.state.output["gt"])
+    assert len(ev.state.output["pred"]) == 12
+
+
+def test_ill_boxes_anchors_and_levels():
+    p = _params()
+    # a box partly outside the image is clipped to it (the same targets as the clipped box)
+    b = BoxTargetBuilder(p)
+    out = b.flat(torch.tensor([[-10.0, 80.0, 20.0, 120.0]]), torch.tensor([1]))
+    ref = b.flat(torch.tensor([[0.0, 80.0, 20.0, 96.0]]), torch.tensor([1]))
+    assert torch.equal(out["cls"], ref["cls"]) and out["cls"].sum() > 0
+    with pytest.raises(ConfigError, match="larger than image_shape"):
+        BoxParams(image_shape=(96, 96), levels=(2, 3), anchor_shapes=(12, 96))
+    with pytest.raises(ConfigError, match="deeper than the BoxFPN"):
+        BoxFPN(BoxParams(image_shape=(96, 96), levels=(3, 5), anchor_shapes=(12, 24)), channels=(8, 16, 24, 32, 48))

@@ -1,0 +1,207 @@
+# Copyright (c) TLK Model Zoo contributors. Licensed under the Apache License, Version 2.0.
+"""The co-training engine on the tiny demo: exchange, pool shrink, clean stops, resume, evaluation, inference."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.transforms import Compose, EnsureType, LoadImage, ScaleIntensityRange
+from monai.utils import set_determinism
+
+from tlk_components.data.cotraining import load_splits, write_demo
+from tlk_components.engines.cotraining import CoTrainer, CoTrainingEvaluator, CoTrainingPredictor
+from tlk_components.networks.small_cnn import SmallCNN, build_view_network
+from tlk_components.utils.errors import ConfigError
+from tlk_components.utils.io import load_weights
+
+PRE = Compose(
+    [
+        LoadImage(image_only=True, ensure_channel_first=True, reader="PILReader", reverse_indexing=False),
+        ScaleIntensityRange(a_min=0, a_max=255, b_min=0, b_max=1, clip=True),
+        EnsureType(dtype=torch.float32, track_meta=False),
+    ]
+)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return write_demo(tmp_path_factory.mktemp("cot_engine") / "tiny", size="tiny")
+
+
+def _trainer(splits, tmp: Path, **kw) -> CoTrainer:
+    set_determinism(seed=0)
+    nets = [SmallCNN(channels=(8, 16)) for _ in range(2)]
+    opts = [torch.optim.Adam(n.parameters(), lr=3e-3) for n in nets]
+    scheds = [torch.optim.lr_scheduler.ReduceLROnPlateau(o, factor=0.5, patience=1) for o in opts]
+    args = {
+        "splits": splits,
+        "networks": nets,
+        "optimizers": opts,
+        "lr_schedulers": scheds,
+        "preprocessing": PRE,
+        "ckpt_dir": tmp / "models",
+        "output_dir": tmp / "eval",
+        "iterations": 2,
+        "epochs": 1,
+        "k": 10,
+        "batch_size": 16,
+        "progress": False,
+    }
+    args.update(kw)
+    return CoTrainer(**args)
+
+
+def test_exchange_grows_train_sets_and_shrinks_pool(tiny, tmp_path):
+    splits = load_splits(tiny)
+    tr = _trainer(splits, tmp_path, iterations=3)
+    hist = tr.run()
+    assert [h["iteration"] for h in hist] == [1, 2, 3]
+    pool, size0, size1 = len(splits.unlabelled), len(splits.train), len(splits.train)
+    for h in hist[:2]:  # exchanges after iterations 1 and 2; none after the last
+        assert 0 < h["added_view0"] <= 10 and 0 < h["added_view1"] <= 10
+        size0, size1 = size0 + h["added_view0"], size1 + h["added_view1"]
+        assert h["train_size_view0"] == size0 and h["train_size_view1"] == size1
+        assert h["pool_size"] < pool
+        pool = h["pool_size"]
+        assert 0.0 <= h["pseudo_label_accuracy"] <= 1.0
+    assert hist[2]["added_view0"] == hist[2]["added_view1"] == 0 and hist[2]["pool_size"] == pool
+    # pseudo-labelled samples came from the pool, and what left the pool is in a training set
+    used = set(splits.unlabelled) - set(tr.pool)
+    for v in (0, 1):
+        pseudo = set(tr.train_ids[v][tr.train_pseudo[v]].tolist())
+        assert pseudo <= used and not pseudo & set(tr.pool.tolist())
+    assert used == set(tr.train_ids[0][tr.train_pseudo[0]]) | set(tr.train_ids[1][tr.train_pseudo[1]])
+    # files: best model per view (weights only), resumable checkpoint, log, plot, TensorBoard
+    for v in (0, 1):
+        assert isinstance(load_weights(tmp_path / "models" / f"model{v}.pt"), dict)
+    assert load_weights(tmp_path / "models" / "checkpoint_last.pt")["iteration"] == 3
+    log = json.loads((tmp_path / "eval" / "cotraining_log.json").read_text())
+    assert len(log) == 3 and {"val_accuracy_ensemble", "conflicts", "pool_size"} <= set(log[0])
+    assert (tmp_path / "eval" / "cotraining_accuracy.png").stat().st_size > 1000
+    assert (tmp_path / "eval" / "cotraining_log.csv").read_text().startswith("iteration,")
+    assert list((tmp_path / "eval" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_resume_continues_after_last_iteration(tiny, tmp_path):
+    splits = load_splits(tiny)
+    first = _trainer(splits, tmp_path, iterations=1).run()
+    again = _trainer(splits, tmp_path, iterations=2)
+    hist = again.run()
+    assert len(hist) == 2 and hist[0] == json.loads(json.dumps(first[0]))
+    assert len(again.pool) == hist[1]["pool_size"]
+    # a finished run is not redone
+    assert len(_trainer(splits, tmp_path, iterations=2).run()) == 2
+
+
+def test_empty_pool_stops_cleanly(tiny, tmp_path):
+    splits = load_splits(tiny, unlabelled_fraction=0.0)
+    assert len(splits.unlabelled) == 0
+    hist = _trainer(splits, tmp_path, iterations=4).run()
+    assert len(hist) == 1 and hist[0]["pool_size"] == 0
+    assert load_weights(tmp_path / "models" / "checkpoint_last.pt")["finished"] is True
+
+
+def test_pool_exhausted_then_stops(tiny, tmp_path, monkeypatch):
+    import tlk_components.engines.cotraining as eng
+
+    splits = load_splits(tiny)
+    truth = torch.as_tensor(splits.samples.labels)
+
+    def oracle(network, images, ids, device, batch_size=256):  # both models agree, and are right
+        return torch.nn.functional.one_hot(truth[torch.as_tensor(np.asarray(ids), dtype=torch.long)], 10).float()
+
+    monkeypatch.setattr(eng, "predict_proba", oracle)
+    n = len(splits.unlabelled)
+    hist = _trainer(splits, tmp_path, iterations=6, k=n // 2 + 5).run()
+    # round 1 picks n//2+5 per model; round 2 has fewer left than k (clamped) and takes the rest; round 3 trains
+    # on the last pseudo-labels and stops: the pool is empty
+    assert [h["pool_size"] for h in hist] == [n - (n // 2 + 5), 0, 0]
+    assert hist[1]["k"] == n - (n // 2 + 5) and hist[2]["added_view0"] == 0
+    assert hist[0]["pseudo_label_accuracy"] == 1.0 and hist[0]["conflicts"] == 0
+    assert load_weights(tmp_path / "models" / "checkpoint_last.pt")["finished"] is True
+
+
+def test_modes_labelled_only_and_all_labels(tiny, tmp_path):
+    splits = load_splits(tiny)
+    base = _trainer(splits, tmp_path / "a", mode="labelled_only", iterations=1)
+    base.run()
+    assert len(base.train_ids[0]) == len(splits.train) and len(base.pool) == 0
+    full = _trainer(splits, tmp_path / "b", mode="all_labels", iterations=1)
+    full.run()
+    assert len(full.train_ids[1]) == len(splits.train) + len(splits.unlabelled)
+    assert not full.train_pseudo[1].any()
+
+
+def test_evaluator_and_predictor(tiny, tmp_path):
+    splits = load_splits(tiny)
+    tr = _trainer(splits, tmp_path, iterations=1)
+    tr.run()
+    m = CoTrainingEvaluator(
+        splits=splits,
+        networks=[SmallCNN(channels=(8, 16)) for _ in range(2)],
+        preprocessing=PRE,
+        ckpt_dir=tmp_path / "models",
+        output_dir=tmp_path / "eval",
+        keys=["test_accuracy_view0", "test_accuracy_view1", "test_accuracy_ensemble"],
+    ).run()
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["test_accuracy_ensemble"] == m["test_accuracy_ensemble"]
+    assert saved["n_test"] == len(splits.test) and len(saved["confusion_matrix_ensemble"]) == 10
+    assert np.sum(saved["confusion_matrix_ensemble"]) == len(splits.test)
+    assert set(saved["per_class_accuracy"]) == {"view0", "view1", "ensemble"}
+    assert (tmp_path / "eval" / "test_per_class_accuracy.png").is_file()
+    out = CoTrainingPredictor(
+        input_csv=tiny / "samples.csv",
+        output_csv=tmp_path / "pred.csv",
+        networks=[SmallCNN(channels=(8, 16)) for _ in range(2)],
+        preprocessing=PRE,
+        ckpt_dir=tmp_path / "models",
+    ).run()
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 120 and set(rows[0]) == {
+        "view0",
+        "view1",
+        "pred_view0",
+        "pred_view1",
+        "pred",
+        "confidence",
+        "label",
+    }
+    assert all(r["pred"] in splits.samples.class_names and 0 < float(r["confidence"]) <= 1 for r in rows)
+
+
+def test_ill_engine_arguments(tiny, tmp_path):
+    splits = load_splits(tiny)
+    with pytest.raises(ConfigError, match=rf"k=500 is larger than the unlabelled pool \({len(splits.unlabelled)}"):
+        _trainer(splits, tmp_path, k=500)
+    with pytest.raises(ConfigError, match="mode='cotrain'.*Did you mean 'cotraining'"):
+        _trainer(splits, tmp_path, mode="cotrain")
+    with pytest.raises(ConfigError, match="iterations=0"):
+        _trainer(splits, tmp_path, iterations=0)
+    net = SmallCNN()
+    with pytest.raises(ConfigError, match="its own network"):
+        _trainer(splits, tmp_path, networks=[net, net])
+    with pytest.raises(ConfigError, match="validation split is empty"):
+        _trainer(load_splits(tiny, val_fraction=0.0), tmp_path)
+
+
+def test_ill_resume_from_other_mode(tiny, tmp_path):
+    splits = load_splits(tiny)
+    _trainer(splits, tmp_path, iterations=1).run()
+    with pytest.raises(ConfigError, match="resume false"):
+        _trainer(splits, tmp_path, iterations=2, mode="labelled_only").run()
+
+
+def test_view_networks():
+    x = torch.zeros(2, 1, 16, 8)
+    assert build_view_network("small_cnn")(x).shape == (2, 10)
+    assert build_view_network("resnet18", num_classes=3)(x).shape == (2, 3)
+    with pytest.raises(ConfigError, match="Did you mean 'resnet18'"):
+        build_view_network("resnet19")
+    with pytest.raises(ConfigError, match="num_classes"):
+        SmallCNN(num_classes=1)

@@ -1,0 +1,148 @@
+# Copyright (c) TLK Model Zoo contributors. Licensed under the Apache License, Version 2.0.
+"""``tlk package``: deterministic zip, index entry, immutable released versions, refusal of unverified bundles."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.zoo_helpers import make_fake_bundle
+from tlk_components.zoo.package import PackageError, package_bundle, sha256_file
+
+NAME = "fake_mlp_classification"
+
+
+def _bundle_with_clutter(root: Path) -> Path:
+    b = make_fake_bundle(root, weights=True)
+    (b / "models" / "model.ts").write_bytes(b"torchscript stand-in")
+    for rel in ("demo_data/img_0.png", "eval/metrics.json", "runs/events.out", "configs/__pycache__/x.pyc"):
+        (b / rel).parent.mkdir(parents=True, exist_ok=True)
+        (b / rel).write_bytes(b"x")
+    (b / ".DS_Store").write_bytes(b"x")
+    (b / "models" / ".model.pt.123.tmp").write_bytes(b"half-written")
+    return b
+
+
+def _leftovers(out: Path) -> list[str]:
+    return sorted(p.name for p in out.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_zip_layout_and_index_entry(tmp_path):
+    b = _bundle_with_clutter(tmp_path / "src")
+    out = tmp_path / "release"
+    entry = package_bundle(b, out)
+    zip_path = out / f"{NAME}_v0.1.0.zip"
+    assert entry["zip"] == str(zip_path) and zip_path.is_file()
+    names = zipfile.ZipFile(zip_path).namelist()
+    assert all(n.startswith(f"{NAME}/") for n in names)
+    assert f"{NAME}/models/model.pt" in names and f"{NAME}/models/model.ts" in names
+    assert f"{NAME}/configs/metadata.json" in names and f"{NAME}/docs/README.md" in names
+    for excluded in ("/demo_data/", "/eval/", "/runs/", "/__pycache__/", "checkpoint_last.pt", ".DS_Store", ".tmp"):
+        assert not any(excluded in n for n in names), excluded
+    assert names == sorted(names)
+    index = json.loads((out / "model_info.json").read_text())
+    assert list(index) == [f"{NAME}_v0.1.0"]
+    e = index[f"{NAME}_v0.1.0"]
+    assert e["name"] == NAME and e["version"] == "0.1.0"
+    assert e["sha256"] == sha256_file(zip_path) and e["size"] == zip_path.stat().st_size
+    assert e["source"] == zip_path.resolve().as_uri()
+    meta = json.loads((b / "configs" / "metadata.json").read_text())
+    assert e["monai_version"] == meta["monai_version"] and e["pytorch_version"] == meta["pytorch_version"]
+    assert _leftovers(out) == []
+
+
+def test_same_inputs_give_same_bytes(tmp_path):
+    b = _bundle_with_clutter(tmp_path / "src")
+    first = package_bundle(b, tmp_path / "r1")
+    # new timestamps, other permissions and a new checkpoint_last must not change the archive
+    later = time.time() + 3600
+    for p in b.rglob("*"):
+        os.utime(p, (later, later))
+    os.chmod(b / "LICENSE", 0o600)
+    (b / "models" / "checkpoint_last.pt").write_bytes(b"another epoch")
+    second = package_bundle(b, tmp_path / "r2")
+    assert Path(first["zip"]).read_bytes() == Path(second["zip"]).read_bytes()
+    assert first["sha256"] == second["sha256"]
+    info = zipfile.ZipFile(second["zip"]).getinfo(f"{NAME}/LICENSE")
+    assert info.date_time == (1980, 1, 1, 0, 0, 0) and (info.external_attr >> 16) & 0o777 == 0o644
+    # a content change changes the bytes
+    (b / "docs" / "README.md").write_text((b / "docs" / "README.md").read_text() + "\nmore\n")
+    assert package_bundle(b, tmp_path / "r3")["sha256"] != first["sha256"]
+
+
+def test_base_url_sets_source(tmp_path):
+    b = make_fake_bundle(tmp_path / "src")
+    e = package_bundle(b, tmp_path / "r", base_url="https://zoo.example.org/models/")
+    assert e["source"] == f"https://zoo.example.org/models/{NAME}_v0.1.0.zip"
+    assert package_bundle(b, tmp_path / "rel", base_url=".")["source"] == f"{NAME}_v0.1.0.zip"
+
+
+def test_released_version_is_immutable_until_bumped(tmp_path):
+    b = make_fake_bundle(tmp_path / "src")
+    out = tmp_path / "release"
+    first = package_bundle(b, out)
+    assert package_bundle(b, out)["sha256"] == first["sha256"]  # unchanged contents: idempotent
+    zip_before, index_before = Path(first["zip"]).read_bytes(), (out / "model_info.json").read_bytes()
+    readme = b / "docs" / "README.md"
+    readme.write_text(readme.read_text() + "\nImproved docs.\n")
+    with pytest.raises(PackageError, match=r"already released.*bump 'version'.*changelog"):
+        package_bundle(b, out)
+    assert Path(first["zip"]).read_bytes() == zip_before
+    assert (out / "model_info.json").read_bytes() == index_before
+    assert _leftovers(out) == []
+    meta_p = b / "configs" / "metadata.json"
+    meta = json.loads(meta_p.read_text())
+    meta["version"] = "0.1.1"
+    meta["changelog"]["0.1.1"] = "improve the README"
+    meta_p.write_text(json.dumps(meta, indent=4))
+    package_bundle(b, out)
+    index = json.loads((out / "model_info.json").read_text())
+    assert sorted(index) == [f"{NAME}_v0.1.0", f"{NAME}_v0.1.1"]
+    assert index[f"{NAME}_v0.1.0"]["sha256"] == first["sha256"]
+
+
+def test_ill_package_refuses_bundle_failing_verification(tmp_path):
+    b = make_fake_bundle(tmp_path / "src")
+    meta_p = b / "configs" / "metadata.json"
+    meta = json.loads(meta_p.read_text())
+    del meta["authors"]
+    meta["version"] = "1.0"
+    meta_p.write_text(json.dumps(meta))
+    out = tmp_path / "release"
+    with pytest.raises(
+        PackageError, match=r"(?s)refusing to package.*'authors' is a required property.*'1.0' does not match"
+    ):
+        package_bundle(b, out)
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_ill_package_refuses_corrupt_index(tmp_path):
+    b = make_fake_bundle(tmp_path / "src")
+    out = tmp_path / "release"
+    out.mkdir()
+    (out / "model_info.json").write_text("[1, 2")
+    with pytest.raises(PackageError, match="not a JSON zoo index"):
+        package_bundle(b, out)
+    assert (out / "model_info.json").read_text() == "[1, 2"
+    assert not list(out.glob("*.zip")) and _leftovers(out) == []
+
+
+def test_ill_cli_package_unverified_exits_2(tmp_path):
+    b = make_fake_bundle(tmp_path / "src")
+    (b / "LICENSE").unlink()
+    proc = subprocess.run(
+        [sys.executable, "-m", "tlk_components", "package", str(b), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, TLK_NUM_THREADS="1"),
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "refusing to package" in proc.stderr and "LICENSE: missing" in proc.stderr

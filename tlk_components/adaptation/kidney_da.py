@@ -1,0 +1,322 @@
+# Copyright (c) TLK Model Zoo contributors. Licensed under the Apache License, Version 2.0.
+"""Workflow pieces of the ``kidney_ct_da_segmentation`` bundle that are too long for a JSON one-liner.
+
+* :func:`prepare_domains` — write the demo on first use and verify both domains before any compute. With
+  ``target_labels=False`` (adaptation) the target is checked from its images only: no target label file is opened.
+* :func:`kidney_prior` — the class-size prior ``[background, kidney]`` from the SOURCE labels (AMOS kidney
+  channels 2 and 3); :func:`scaled_prior` rescales its kidney share (a label-free size lever).
+* :class:`TargetDiceEvaluation` — per-case and mean kidney(+tumour) Dice on target test cases for every model
+  that exists (source-only ``pretrained.pt``, adapted ``model.pt``, oracle ``oracle.pt``), side by side, written to
+  ``metrics.json``, ``per_case_dice.csv`` and ``dice_per_case.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import DataLoader, Dataset
+from monai.metrics import compute_dice
+from tqdm import tqdm
+
+from tlk_components.data import kidney
+from tlk_components.data.nifti_checks import CasePair, check_pairs
+from tlk_components.engines.reporting import save_bar_chart
+from tlk_components.utils.errors import ConfigError, DatasetError
+from tlk_components.utils.io import atomic_write_json, atomic_write_text, load_weights
+from tlk_components.utils.validation import check_in_range
+from tlk_components.zoo.datasets import DatasetReport, prepare_dataset
+
+__all__ = [
+    "BUNDLE",
+    "FlipTTAInferer",
+    "OverlayPNGd",
+    "TargetDiceEvaluation",
+    "image_datalist",
+    "kidney_prior",
+    "prepare_domains",
+    "scaled_prior",
+]
+
+BUNDLE = "kidney_ct_da_segmentation"
+logger = logging.getLogger(__name__)
+
+
+def _inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    p, f = Path(path).resolve(), Path(folder).resolve()
+    return p == f or f in p.parents
+
+
+def prepare_domains(
+    dataset_dir: str | os.PathLike,
+    demo_dir: str | os.PathLike,
+    source_dir: str | os.PathLike,
+    target_dir: str | os.PathLike,
+    target_labels: bool = True,
+) -> str:
+    """Write the demo when needed, then verify the source fully and the target (labels only if allowed).
+
+    Args:
+        dataset_dir: folder holding both domains (``amos22/`` + ``kits19/``); the demo folder by default.
+        demo_dir: the bundle's demo folder (written on first use when ``dataset_dir`` is it).
+        source_dir, target_dir: the two domains (default: inside ``dataset_dir``).
+        target_labels: False for label-free adaptation: the target is verified from its images alone.
+
+    Returns:
+        ``dataset_dir`` as a string.
+
+    Raises:
+        DatasetError: listing every bad case of both domains.
+    """
+    d = Path(dataset_dir)
+    is_demo = Path(demo_dir).resolve() == d.resolve()
+    if is_demo and not (d.is_dir() and any(d.iterdir())):
+        kidney.write_demo(d)
+    if target_labels and _inside(source_dir, d) and _inside(target_dir, d):
+        return prepare_dataset(BUNDLE, d, demo_dir)
+    report = DatasetReport(f"{source_dir} + {target_dir}", fix=kidney._FIX)
+    src = kidney.verify_dataset(source_dir)
+    report.problems += src.problems
+    report.n_cases += src.n_cases
+    if target_labels:
+        tgt = kidney.verify_dataset(target_dir)
+        report.problems += tgt.problems
+        report.n_cases += tgt.n_cases
+    else:
+        try:
+            items = kidney.kits19_datalist(target_dir, split="all", labels=False)
+        except DatasetError as e:
+            report.add(str(target_dir), str(e))
+            items = []
+        pairs = [CasePair(Path(it["image"]).parent.name, Path(it["image"]), None) for it in items]
+        if pairs:
+            check_pairs(pairs, report, require_labels=False)
+            report.n_cases += len(pairs)
+    report.raise_if_bad()
+    return str(d)
+
+
+def kidney_prior(
+    source_datalist: Sequence[Mapping[str, str]], kidney_labels: Sequence[int] = kidney.AMOS_KIDNEY_CHANNELS
+) -> list[float]:
+    """``[background, kidney]`` voxel shares over the source label files (both kidneys merged).
+
+    The phantoms share one physical field of view, so the share is the same after resampling.
+
+    Raises:
+        DatasetError: no source item has a label.
+    """
+    kid = tot = 0
+    for item in source_datalist:
+        if "label" not in item:
+            continue
+        lab = np.asarray(nib.load(item["label"]).dataobj)
+        kid += int(np.isin(lab, list(kidney_labels)).sum())
+        tot += lab.size
+    if tot == 0 or kid == 0:
+        raise DatasetError("kidney_prior: no labelled source case with kidney voxels; check --source_dir")
+    return [1.0 - kid / tot, kid / tot]
+
+
+def scaled_prior(prior: Sequence[float], kidney_scale: float = 1.0) -> list[float]:
+    """Multiply the foreground share of ``[background, kidney]`` by ``kidney_scale`` (> 0) and renormalise."""
+    s = check_in_range("kidney_scale", kidney_scale, 0.0, low_inclusive=False)
+    k = min(0.5, float(prior[1]) * s)
+    return [1.0 - k, k]
+
+
+def image_datalist(input_dir: str | os.PathLike) -> list[dict[str, str]]:
+    """``[{"image": path}]`` for every CT volume under ``input_dir`` (KiTS19 ``case_*/imaging.nii.gz``, AMOS22
+    ``imagesTr/*.nii.gz``, or a flat folder of ``.nii``/``.nii.gz``); label files are skipped.
+
+    Raises:
+        DatasetError: no volume found.
+    """
+    base = Path(input_dir)
+    skip = ("segmentation", "label")
+    files = sorted(
+        p for p in base.rglob("*.nii*")
+        if p.is_file() and not any(s in p.name.lower() for s in skip) and "labels" not in p.parent.name.lower()
+    ) if base.is_dir() else []
+    if not files:
+        raise DatasetError(f"--input_dir {base}: no .nii/.nii.gz images found; point it at a folder of CT volumes "
+                           "(KiTS19 case folders, AMOS22 imagesTr, or plain NIfTI files)")
+    return [{"image": str(p)} for p in files]
+
+
+class FlipTTAInferer:
+    """Softmax probabilities averaged over mirrored copies (nnU-Net's mirroring test-time augmentation).
+
+    Args:
+        inferer: a MONAI inferer (e.g. ``SlidingWindowInferer(roi, overlap=0.5, mode="gaussian")``).
+        mirror_axes: spatial axes (0, 1, 2) to flip, one extra pass each; empty = plain softmax (default).
+
+    Shape:
+        ``(N, C_in, *S)`` → ``(N, C, *S)`` probabilities.
+    """
+
+    def __init__(self, inferer: Any, mirror_axes: Sequence[int] = ()) -> None:
+        self.inferer = inferer
+        self.mirror_axes = [int(a) for a in mirror_axes]
+        bad = [a for a in self.mirror_axes if a not in (0, 1, 2)]
+        if bad:
+            raise ConfigError(f"mirror_axes={list(mirror_axes)}: expected spatial axes among 0, 1, 2")
+
+    def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+        probs = torch.softmax(self.inferer(inputs, network, *args, **kwargs).float(), 1)
+        for ax in self.mirror_axes:
+            flipped = self.inferer(inputs.flip(ax + 2), network, *args, **kwargs)
+            probs = probs + torch.softmax(flipped.float(), 1).flip(ax + 2)
+        return probs / (1 + len(self.mirror_axes))
+
+
+class OverlayPNGd:
+    """Write ``<case>_overlay.png``: the axial slice with the most predicted kidney, prediction in red.
+
+    A dictionary transform for the inference postprocessing, placed BEFORE inversion (image and prediction are
+    then on the same RAS grid).
+
+    Args:
+        image_key: key of the (preprocessed) image ``(1, X, Y, Z)``.
+        pred_key: key of the class probabilities ``(C, X, Y, Z)`` (or a label map ``(1, X, Y, Z)``).
+        output_dir: folder for the PNGs (created).
+    """
+
+    def __init__(self, image_key: str, pred_key: str, output_dir: str | os.PathLike) -> None:
+        self.image_key, self.pred_key = image_key, pred_key
+        self.output_dir = Path(output_dir)
+
+    def __call__(self, data: Mapping[str, Any]) -> Mapping[str, Any]:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from tlk_components.engines.reporting import save_figure
+
+        img = torch.as_tensor(data[self.image_key]).detach().float().cpu()[0]
+        pred = torch.as_tensor(data[self.pred_key]).detach().float().cpu()
+        mask = (pred.argmax(0) if pred.shape[0] > 1 else pred[0]) > 0
+        z = int(mask.sum((0, 1)).argmax()) if bool(mask.any()) else img.shape[-1] // 2
+        meta = getattr(data[self.image_key], "meta", {}) or {}
+        name = Path(str(meta.get("filename_or_obj", "case"))).name.removesuffix(".gz").removesuffix(".nii")
+        if name == "imaging":
+            name = Path(str(meta["filename_or_obj"])).parent.name
+        fig, ax = plt.subplots(figsize=(4, 4))
+        ax.imshow(img[:, :, z].T, cmap="gray", origin="lower")
+        ax.imshow(torch.where(mask[:, :, z], 1.0, float("nan")).T, cmap="autumn", alpha=0.5, origin="lower",
+                  vmin=0, vmax=1)
+        ax.set_title(f"{name}: kidney, slice {z}")
+        ax.axis("off")
+        save_figure(fig, self.output_dir / f"{name}_overlay.png")
+        return data
+
+
+def _case_name(item: Mapping[str, Any], index: int) -> str:
+    if not isinstance(item.get("image"), str | os.PathLike):
+        return f"case_{index}"
+    p = Path(item["image"])
+    return p.parent.name if p.name.startswith("imaging") else p.name.removesuffix(".nii.gz")
+
+
+class TargetDiceEvaluation:
+    """Kidney Dice of several checkpoints on the same labelled target cases, side by side.
+
+    Args:
+        network: the segmentation network (weights are loaded into it in turn).
+        checkpoints: display name -> ``state_dict`` path; missing files are skipped (at least one must exist).
+        datalist: target test items with ``"image"`` and ``"label"``.
+        transforms: preprocessing (the training one of the target, with the tumour→kidney label map).
+        inferer: e.g. ``SlidingWindowInferer(roi_size, overlap=0.5, mode="gaussian")``.
+        device: torch device.
+        output_dir: where ``metrics.json``, ``per_case_dice.csv`` and ``dice_per_case.png`` go.
+        metric_prefix: metrics are named ``<prefix>_<model name>`` (default ``target_mean_dice_kidney``).
+        mirror_axes: spatial axes flipped for test-time augmentation (default none).
+
+    Raises:
+        ConfigError: no checkpoint exists, or the datalist is empty or lacks labels.
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        checkpoints: Mapping[str, str],
+        datalist: Sequence[Mapping[str, str]],
+        transforms: Any,
+        inferer: Any,
+        device: torch.device | str,
+        output_dir: str | os.PathLike,
+        metric_prefix: str = "target_mean_dice_kidney",
+        mirror_axes: Sequence[int] = (),
+    ) -> None:
+        if not datalist or any("label" not in d for d in datalist):
+            raise ConfigError("TargetDiceEvaluation: the target datalist is empty or has items without 'label'")
+        self.network = network
+        self.checkpoints = dict(checkpoints)
+        self.datalist = list(datalist)
+        self.transforms = transforms
+        self.inferer = inferer
+        self.device = torch.device(device)
+        self.output_dir = Path(output_dir)
+        self.metric_prefix = metric_prefix
+        self.mirror_axes = [int(a) for a in mirror_axes]
+
+    def _predict(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(self.inferer(x, self.network), 1)
+        for ax in self.mirror_axes:
+            probs = probs + torch.softmax(self.inferer(x.flip(ax + 2), self.network), 1).flip(ax + 2)
+        return probs.argmax(1, keepdim=True)
+
+    def evaluate(self, path: str | os.PathLike) -> list[float]:
+        """Per-case kidney Dice of the weights at ``path`` (same order as the datalist)."""
+        self.network.load_state_dict(load_weights(path, map_location=self.device))
+        self.network.eval()
+        loader = DataLoader(Dataset(self.datalist, self.transforms), batch_size=1, num_workers=0)
+        scores = []
+        with torch.no_grad():
+            for batch in tqdm(loader, desc=f"evaluate {Path(path).name}", leave=False):
+                x = batch["image"].to(self.device)
+                y = batch["label"].to(self.device)
+                pred = self._predict(x)
+                d = compute_dice((pred == 1).float(), (y > 0).float(), include_background=True, ignore_empty=False)
+                scores.append(float(d.item()))
+        return scores
+
+    def run(self) -> dict[str, Any]:
+        """Evaluate every existing checkpoint, write the reports, log the table; returns the metrics dict."""
+        present = {k: v for k, v in self.checkpoints.items() if Path(v).is_file()}
+        if not present:
+            raise ConfigError(
+                f"no checkpoint to evaluate: none of {list(self.checkpoints.values())} exists; run pretrain.json "
+                "and train.json first (or pass --ckpt_dir)"
+            )
+        per_model = {name: self.evaluate(path) for name, path in present.items()}
+        cases = [_case_name(d, i) for i, d in enumerate(self.datalist)]
+        metrics: dict[str, Any] = {f"{self.metric_prefix}_{k}": float(np.mean(v)) for k, v in per_model.items()}
+        metrics["per_case"] = {k: dict(zip(cases, v, strict=True)) for k, v in per_model.items()}
+        metrics["n_cases"] = len(cases)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.output_dir / "metrics.json", metrics)
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["case", *per_model])
+        for i, c in enumerate(cases):
+            w.writerow([c, *(f"{v[i]:.4f}" for v in per_model.values())])
+        w.writerow(["mean", *(f"{np.mean(v):.4f}" for v in per_model.values())])
+        atomic_write_text(self.output_dir / "per_case_dice.csv", buf.getvalue())
+        save_bar_chart({k: v for k, v in per_model.items()}, cases, self.output_dir / "dice_per_case.png",
+                       title="Target kidney Dice per case", ylabel="Dice")
+        table = [f"| model | target kidney Dice (mean over {len(cases)} cases) |", "|---|---|"]
+        table += [f"| {k} | {np.mean(v):.4f} |" for k, v in per_model.items()]
+        text = "\n".join(table)
+        atomic_write_text(self.output_dir / "dice_table.md", text + "\n")
+        print(text, flush=True)
+        return metrics

@@ -1,0 +1,298 @@
+# Copyright (c) TLK Model Zoo contributors. Licensed under the Apache License, Version 2.0.
+"""Small helpers of ``abdomen_ct_attention_segmentation`` that its data module (``btcv.py``) does not have.
+
+CT intensity scaling (windowing or min-max), the class count and organ names of a multi-organ dataset, and the
+datalist of an inference input folder, a command-line flag parser (``--saliency true``), and a NIfTI writer that
+keeps the input's affine and header (the source lecture's ``nib.Nifti1Image(pred, img.affine, img.header)``).
+
+Two intensity options for ``abdomen_ct_attention_segmentation`` (``intensity_mode`` in the configs):
+
+* ``"window"``: a CT window in Hounsfield units, clipped and mapped linearly to ``[b_min, b_max]``:
+  ``y = b_min + (clip(x, a_min, a_max) - a_min) / (a_max - a_min) * (b_max - b_min)``; default window
+  [-175, 250] HU (abdominal soft tissue, as in MONAI's BTCV tutorial). Images whose values do not look like HU
+  (no air-like voxels below -500, or a span under 100) trigger a warning naming the file, since such a window
+  would map them to a near-constant image.
+* ``"minmax"``: the source lecture's per-volume scaling ``(x - min) / (max - min)`` (the lecture then multiplies by
+  255; here the output range is ``[b_min, b_max]``, default [0, 1]). Works for any modality.
+
+Both reuse MONAI's :class:`~monai.transforms.ScaleIntensityRange` / :class:`~monai.transforms.ScaleIntensity`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, ScaleIntensity, ScaleIntensityRange
+
+from tlk_components.utils.errors import ConfigError, DatasetError
+from tlk_components.utils.validation import check_positive_int, look_up_option
+
+__all__ = [
+    "CTIntensityd",
+    "NonCTRangeWarning",
+    "SaveLikeInputd",
+    "image_datalist",
+    "organ_names",
+    "parse_flag",
+    "resolve_num_classes",
+    "save_nifti_like",
+]
+
+logger = logging.getLogger(__name__)
+
+#: HU below which a CT volume always has voxels (air around the body is about -1000 HU).
+AIR_HU_THRESHOLD = -500.0
+#: the smallest intensity span (max - min) a CT volume in HU can have.
+MIN_CT_SPAN = 100.0
+
+
+class NonCTRangeWarning(UserWarning):
+    """An image's intensities do not look like CT Hounsfield units while CT windowing is on."""
+
+
+def _source_name(img: Any) -> str:
+    meta = getattr(img, "meta", None) or {}
+    name = meta.get("filename_or_obj", "image")
+    return os.path.basename(str(name[0] if isinstance(name, list | tuple) and name else name))
+
+
+class CTIntensityd(MapTransform):
+    """CT windowing or min-max scaling of the image intensities (dictionary transform).
+
+    Args:
+        keys: image keys.
+        mode: ``"window"`` (default) or ``"minmax"``; see the module docstring.
+        a_min: lower window edge in HU (window mode); default -175.
+        a_max: upper window edge in HU, > ``a_min``; default 250.
+        b_min: output value of ``a_min`` (or of the volume minimum); default 0.
+        b_max: output value of ``a_max`` (or of the volume maximum), > ``b_min``; default 1.
+        clip: clip to ``[b_min, b_max]`` in window mode; default True.
+        warn_non_ct: warn when a windowed image does not look like HU; default True.
+        allow_missing_keys: as in MONAI.
+
+    Shape:
+        any; intensities only.
+
+    Raises:
+        ConfigError: unknown mode, or an empty window/output range.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        mode: str = "window",
+        a_min: float = -175.0,
+        a_max: float = 250.0,
+        b_min: float = 0.0,
+        b_max: float = 1.0,
+        clip: bool = True,
+        warn_non_ct: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.mode = look_up_option("intensity_mode", mode, ("window", "minmax"))
+        if not float(a_max) > float(a_min):
+            raise ConfigError(f"CT window [{a_min}, {a_max}]: expected a_min < a_max (e.g. -175, 250 HU)")
+        if not float(b_max) > float(b_min):
+            raise ConfigError(f"intensity output range [{b_min}, {b_max}]: expected b_min < b_max (e.g. 0, 1)")
+        self.a_min, self.a_max = float(a_min), float(a_max)
+        self.warn_non_ct = bool(warn_non_ct)
+        if self.mode == "window":
+            self.scaler = ScaleIntensityRange(a_min, a_max, b_min, b_max, clip=clip)
+        else:
+            self.scaler = ScaleIntensity(minv=b_min, maxv=b_max)
+
+    def _check_range(self, img: Any) -> None:
+        t = torch.as_tensor(img)
+        lo, hi = float(t.min()), float(t.max())
+        if lo > AIR_HU_THRESHOLD or hi - lo < MIN_CT_SPAN:
+            msg = (
+                f"{_source_name(img)}: intensities span [{lo:.4g}, {hi:.4g}], which does not look like CT in "
+                f"Hounsfield units (air is about -1000 HU); the CT window [{self.a_min:g}, {self.a_max:g}] HU would "
+                "map it to a near-constant image. For MR or already normalised images pass "
+                "--intensity_mode minmax."
+            )
+            warnings.warn(msg, NonCTRangeWarning, stacklevel=2)
+            logger.warning(msg)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            if self.mode == "window" and self.warn_non_ct:
+                self._check_range(d[key])
+            d[key] = self.scaler(d[key])
+        return d
+
+
+def resolve_num_classes(dataset_dir: str | os.PathLike, num_classes: int | str = "auto") -> int:
+    """The number of output classes (background included): read from the data, or checked against it.
+
+    Args:
+        dataset_dir: the dataset (its ``dataset.json`` ``labels``; BTCV's 14 classes without one).
+        num_classes: ``"auto"`` / 0 (use the data's count) or an integer >= 2.
+
+    Returns:
+        The class count to build the network with.
+
+    Raises:
+        ConfigError: the data has more label values than ``num_classes`` (names both and the fix).
+    """
+    from tlk_components.data.btcv import label_names  # the bundle's data module
+
+    names = label_names(dataset_dir)
+    n_data = max(names) + 1
+    if num_classes in ("auto", 0, None):
+        return n_data
+    n = check_positive_int("num_classes", num_classes, minimum=2)
+    if n_data > n:
+        raise ConfigError(
+            f"num_classes={n}, but the data in {dataset_dir} has {n_data} label values "
+            f"(0..{n_data - 1}: {', '.join(names[k] for k in sorted(names))}); set --num_classes {n_data} "
+            "(or 'auto' to read it from the data), or merge labels before training"
+        )
+    if n_data < n:
+        logger.warning(
+            f"num_classes={n} but the data has only {n_data} label values; classes {n_data}..{n - 1} "
+            "will never be trained"
+        )
+    return n
+
+
+def organ_names(dataset_dir: str | os.PathLike, num_classes: int | None = None) -> list[str]:
+    """Organ names of classes ``1 .. C-1`` as metric-friendly identifiers (``"right kidney"`` -> ``right_kidney``).
+
+    Args:
+        dataset_dir: the dataset (label names from its ``dataset.json``; BTCV's without one).
+        num_classes: ``C``; classes without a name in the data are called ``class_<i>``. Default: the data's count.
+
+    Returns:
+        ``C - 1`` names.
+    """
+    from tlk_components.data.btcv import label_names
+
+    names = label_names(dataset_dir)
+    n = (max(names) + 1) if num_classes is None else int(num_classes)
+    out: list[str] = []
+    for i in range(1, n):
+        raw = names.get(i, f"class_{i}")
+        out.append(re.sub(r"[^0-9a-zA-Z]+", "_", raw).strip("_").lower() or f"class_{i}")
+    return out
+
+
+def image_datalist(input_dir: str | os.PathLike) -> list[dict[str, str]]:
+    """``[{"image": path}, ...]`` for every NIfTI file (``*.nii.gz`` / ``*.nii``) in ``input_dir``, sorted.
+
+    Raises:
+        DatasetError: the folder does not exist or holds no NIfTI file.
+    """
+    folder = Path(input_dir)
+    if not folder.is_dir():
+        raise DatasetError(f"input_dir {folder} does not exist; pass --input_dir with the CT volumes to segment")
+    files = sorted(p for p in folder.iterdir() if p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith("."))
+    if not files:
+        raise DatasetError(
+            f"input_dir {folder} holds no .nii.gz / .nii file; expected CT volumes such as img0061.nii.gz"
+        )
+    return [{"image": str(p)} for p in files]
+
+
+def parse_flag(name: str, value: bool | str | int) -> bool:
+    """A boolean from a config or command-line value (``--saliency true`` arrives as the string ``"true"``).
+
+    Raises:
+        ConfigError: anything but true/false/1/0/yes/no (any case).
+    """
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", "none", ""):
+        return False
+    raise ConfigError(f"{name}={value!r}: expected true or false (e.g. --{name} true)")
+
+
+def save_nifti_like(volume: np.ndarray, reference: nib.Nifti1Image, path: str | os.PathLike, dtype: Any) -> Path:
+    """Write ``volume`` (the reference's voxel grid) with the reference's affine, qform/sform and header, atomically.
+
+    Args:
+        volume: array with ``reference.shape[:3]``.
+        reference: the input image (``nibabel``).
+        path: output ``.nii.gz`` / ``.nii`` path (parent folders are created).
+        dtype: stored data type (``np.uint8`` for label maps, ``np.float32`` for maps).
+
+    Raises:
+        ValueError: the shape differs from the reference's.
+    """
+    volume = np.asarray(volume)
+    if volume.shape != tuple(reference.shape[:3]):
+        raise ValueError(f"{path}: volume shape {volume.shape} differs from the input's {tuple(reference.shape[:3])}")
+    header = reference.header.copy()
+    header.set_data_dtype(dtype)
+    img = nib.Nifti1Image(volume.astype(dtype), reference.affine, header)
+    img.set_qform(*reference.get_qform(coded=True))
+    img.set_sform(*reference.get_sform(coded=True))
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        img.header["scl_slope"], img.header["scl_inter"] = np.nan, np.nan  # labels are stored unscaled
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{''.join(path.suffixes)}")
+    nib.save(img, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+class SaveLikeInputd(MapTransform):
+    """Write a label map as ``<output_dir>/<case><postfix>.nii.gz`` with the input file's affine and header.
+
+    The input file is ``d[image_key].meta["filename_or_obj"]``; the prediction must already be in its voxel grid
+    (``Invertd`` first) as ``(1, *spatial)`` or ``(*spatial)``.
+
+    Args:
+        keys: the prediction key (one), default ``"pred"``.
+        output_dir: output folder (created).
+        postfix: appended to the input's case name; default ``"_seg"`` (``img0061.nii.gz`` ->
+            ``img0061_seg.nii.gz``, as in the source lecture).
+        image_key: key of the loaded input image; default ``"image"``.
+        dtype: stored type; default ``uint8`` (up to 255 classes).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "pred",
+        output_dir: str | os.PathLike = "predictions",
+        postfix: str = "_seg",
+        image_key: str = "image",
+        dtype: Any = np.uint8,
+    ) -> None:
+        super().__init__(keys)
+        self.output_dir = Path(output_dir)
+        self.postfix = postfix
+        self.image_key = image_key
+        self.dtype = dtype
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        meta = getattr(d[self.image_key], "meta", None) or {}
+        source = meta.get("filename_or_obj")
+        if not source:
+            raise ValueError(f"SaveLikeInputd: d[{self.image_key!r}] has no 'filename_or_obj'; load it with LoadImaged")
+        reference = nib.load(str(source))
+        name = Path(str(source)).name
+        stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else Path(name).stem
+        for key in self.key_iterator(d):
+            arr = torch.as_tensor(d[key]).detach().cpu().numpy()
+            if arr.ndim == len(reference.shape[:3]) + 1:
+                arr = arr[0]
+            save_nifti_like(np.rint(arr), reference, self.output_dir / f"{stem}{self.postfix}.nii.gz", self.dtype)
+        return d

@@ -1,0 +1,839 @@
+# Copyright (c) TLK Model Zoo contributors. Licensed under the Apache License, Version 2.0.
+"""The co-training engine (Blum & Mitchell, COLT 1998, with deep networks), its evaluator and predictor.
+
+:class:`CoTrainer` runs ``iterations`` rounds of
+
+1. train model ``v`` (``v`` = 0, 1) on view ``v`` of its own training set for up to ``epochs`` epochs (a MONAI
+   ``SupervisedTrainer`` with validation after every epoch, ``ReduceLROnPlateau`` on the validation loss, early
+   stopping after ``patience`` epochs without improvement, best weights per model saved atomically as
+   ``model0.pt`` / ``model1.pt``);
+2. score the unlabelled pool with both models and exchange pseudo-labels
+   (:func:`tlk_components.engines.pseudo_label.exchange_pseudo_labels`): each model's ``k`` most confident picks,
+   minus conflicts, join the *other* model's training set; the picks leave the pool;
+3. log the round (pool size, pseudo-labels added and their accuracy where the true class is known, conflicts,
+   validation accuracy of each model and of the ensemble) to ``cotraining_log.json`` / ``.csv``, TensorBoard and
+   ``cotraining_accuracy.png``, and write ``checkpoint_last.pt`` (everything needed to resume, atomically).
+
+The ensemble averages the two models' softmax probabilities, each model seeing its own view.
+
+``k`` larger than the unlabelled pool at the start is a :class:`~tlk_components.utils.errors.ConfigError`
+(nothing is computed). As the pool shrinks below ``k`` in later rounds, ``k`` is clamped to what is left (logged),
+so the last round takes the remaining samples. An empty pool stops co-training cleanly after the models have
+trained on the last pseudo-labels.
+
+``mode="labelled_only"`` (the baseline) and ``mode="all_labels"`` (fully supervised: the pool with its true
+labels joins the training set) run the same loop without exchange, for side-by-side comparisons.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from ignite.metrics import Accuracy, Loss
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from tlk_components.data.cotraining import TwoViewSamples, TwoViewSplits, read_pairs_csv
+from tlk_components.engines.checkpoint import AtomicCheckpointSaver, unwrap_model
+from tlk_components.engines.pseudo_label import exchange_pseudo_labels
+from tlk_components.engines.reporting import save_bar_chart, save_figure, to_jsonable
+from tlk_components.utils.errors import ConfigError, DatasetError
+from tlk_components.utils.io import atomic_torch_save, atomic_write_json, atomic_write_text, load_weights
+from tlk_components.utils.validation import check_positive_int, check_probability, look_up_option
+
+__all__ = [
+    "CoTrainer",
+    "CoTrainingEvaluator",
+    "CoTrainingPredictor",
+    "ViewImages",
+    "plot_cotraining_log",
+    "predict_proba",
+    "read_class_names",
+]
+
+logger = logging.getLogger(__name__)
+
+MODES = ("cotraining", "labelled_only", "all_labels")
+LOG_NAME = "cotraining_log"
+PLOT_NAME = "cotraining_accuracy.png"
+LOG_FIELDS = (
+    "iteration",
+    "mode",
+    "train_size_view0",
+    "train_size_view1",
+    "epochs_view0",
+    "epochs_view1",
+    "lr_view0",
+    "lr_view1",
+    "val_accuracy_view0",
+    "val_accuracy_view1",
+    "val_accuracy_ensemble",
+    "k",
+    "added_view0",
+    "added_view1",
+    "pseudo_label_accuracy_view0",
+    "pseudo_label_accuracy_view1",
+    "pseudo_label_accuracy",
+    "conflicts",
+    "pool_size",
+)
+
+
+def _is_rank0() -> bool:
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
+        torch.distributed.get_rank() == 0
+    )
+
+
+def _pair(name: str, value: Any, allow_none: bool = False) -> list[Any]:
+    """One object per view: a sequence of two, or one object shared by both views."""
+    if value is None:
+        if allow_none:
+            return [None, None]
+        raise ConfigError(f"{name}: required, one per view (a list of two)")
+    if isinstance(value, Sequence) and not isinstance(value, str | nn.Module):
+        if len(value) != 2:
+            raise ConfigError(f"{name}: expected two entries (view 0, view 1), got {len(value)}")
+        return list(value)
+    return [value, value]
+
+
+class ViewImages:
+    """The images of one view, read once through ``transform`` (path -> tensor ``C, H, W``) and kept in memory.
+
+    Args:
+        paths: image path per sample id.
+        transform: MONAI transform chain reading one path (e.g. ``LoadImage`` + ``ScaleIntensityRange``).
+        cache: True (default) loads all images at construction; False loads on access (large datasets).
+
+    Raises:
+        DatasetError: an image cannot be read, naming the file.
+    """
+
+    def __init__(self, paths: Sequence[str], transform: Callable[[str], Any], cache: bool = True) -> None:
+        self.paths = list(paths)
+        self.transform = transform
+        self._cache: list[torch.Tensor] | None = [self._load(p) for p in self.paths] if cache else None
+
+    def _load(self, path: str) -> torch.Tensor:
+        try:
+            x = self.transform(path)
+        except Exception as e:  # MONAI wraps reader errors in RuntimeError; name the file
+            raise DatasetError(f"{path}: cannot be read as an image ({type(e).__name__}: {str(e)[:200]})") from None
+        return torch.as_tensor(x, dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self._cache[i] if self._cache is not None else self._load(self.paths[i])
+
+
+class _LabelledView(Dataset):
+    """``{"image", "label"}`` items for sample ids ``ids`` of one view (labels may be pseudo-labels)."""
+
+    def __init__(self, images: ViewImages, ids: np.ndarray, labels: np.ndarray, augmentation: Callable | None) -> None:
+        self.images, self.ids, self.labels, self.augmentation = (
+            images,
+            np.asarray(ids),
+            np.asarray(labels),
+            augmentation,
+        )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        x = self.images[int(self.ids[i])]
+        if self.augmentation is not None:
+            x = torch.as_tensor(self.augmentation(x), dtype=torch.float32)
+        return {"image": x, "label": torch.tensor(int(self.labels[i]), dtype=torch.long)}
+
+
+@torch.no_grad()
+def predict_proba(
+    network: nn.Module,
+    images: ViewImages,
+    ids: Sequence[int] | np.ndarray,
+    device: torch.device | str,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Softmax class probabilities of ``network`` on samples ``ids`` of one view, in eval mode.
+
+    Shape:
+        returns ``len(ids), C`` (float32, on CPU).
+    """
+    net = unwrap_model(network)
+    was_training = net.training
+    net.eval()
+    out = []
+    ids = np.asarray(ids, dtype=np.int64)
+    for s in range(0, len(ids), batch_size):
+        x = torch.stack([images[int(i)] for i in ids[s : s + batch_size]]).to(device)
+        out.append(torch.softmax(net(x).float(), dim=1).cpu())
+    net.train(was_training)
+    if not out:
+        n_cls = getattr(net, "num_classes", None)
+        return torch.zeros(0, n_cls or 0)
+    return torch.cat(out)
+
+
+def read_class_names(ckpt_dir: str | os.PathLike) -> list[str]:
+    """Class names in index order from ``<ckpt_dir>/classes.json`` (written by :class:`CoTrainer` next to the models).
+
+    Raises:
+        DatasetError: the file is missing or malformed, with the fix.
+    """
+    import json
+
+    path = Path(ckpt_dir) / "classes.json"
+    try:
+        cmap = json.loads(path.read_text())
+        return [str(n) for n, _ in sorted(cmap.items(), key=lambda kv: int(kv[1]))]
+    except (OSError, ValueError, AttributeError, TypeError) as e:
+        raise DatasetError(
+            f"{path}: class map of the trained models not readable ({type(e).__name__}); train the bundle first "
+            "(training writes it next to model0.pt) or copy the dataset's classes.json there"
+        ) from None
+
+
+def _accuracy(pred: np.ndarray, truth: np.ndarray) -> float | None:
+    known = truth >= 0
+    return float((pred[known] == truth[known]).mean()) if known.any() else None
+
+
+def plot_cotraining_log(history: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    """PNG of validation accuracy (each model, ensemble) and pseudo-label accuracy per co-training iteration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    its = [h["iteration"] for h in history]
+    for key, label in (
+        ("val_accuracy_view0", "model 0 (view 0)"),
+        ("val_accuracy_view1", "model 1 (view 1)"),
+        ("val_accuracy_ensemble", "ensemble"),
+        ("pseudo_label_accuracy", "pseudo-labels added"),
+    ):
+        ys = [np.nan if h.get(key) is None else h[key] for h in history]
+        ax.plot(its, ys, marker="o", label=label, linestyle="--" if key.startswith("pseudo") else "-")
+    ax.set_xlabel("co-training iteration")
+    ax.set_ylabel("accuracy")
+    ax.set_title("validation accuracy per iteration")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    ax2.plot(its, [h["pool_size"] for h in history], marker="o", label="unlabelled pool")
+    ax2.plot(its, [h["train_size_view0"] for h in history], marker="o", label="train set, view 0")
+    ax2.plot(its, [h["train_size_view1"] for h in history], marker="o", label="train set, view 1")
+    ax2.set_xlabel("co-training iteration")
+    ax2.set_ylabel("samples")
+    ax2.set_title("pool and training-set sizes (after the exchange)")
+    ax2.legend(fontsize="small")
+    ax2.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+class CoTrainer:
+    """Two-view co-training as an engine a config instantiates with keyword arguments (module docstring).
+
+    Args:
+        splits: aligned samples and ``train``/``val``/``test``/``unlabelled`` ids
+            (:func:`tlk_components.data.cotraining.load_splits`).
+        networks: one classifier per view (``[network0, network1]``), on ``device``.
+        optimizers: one optimizer per view.
+        lr_schedulers: one ``ReduceLROnPlateau`` (or other scheduler) per view, stepped after each validation with
+            the validation loss (``mode="min"``) or accuracy (``mode="max"``); None: constant learning rate.
+        loss_function: default ``nn.CrossEntropyLoss()``.
+        preprocessing: path -> tensor ``C, H, W`` (a MONAI transform chain), one per view or one for both.
+        augmentation: optional random transform of a training image tensor, one per view or one for both.
+        device: where the networks run.
+        mode: ``"cotraining"`` (default), ``"labelled_only"`` (baseline) or ``"all_labels"`` (fully supervised).
+        iterations: co-training rounds, >= 1 (default 10).
+        epochs: maximum epochs per model per round, >= 1 (default 10).
+        k: pseudo-labels each model picks per round, >= 1 and <= the initial pool (default 50).
+        threshold: optional minimum confidence of a pick, in [0, 1] (default None).
+        class_balance: at most ``k // C`` picks per predicted class (default False).
+        batch_size: training batch size, >= 1 (default 32).
+        num_workers: data-loader workers, >= 0 (default 0).
+        patience: early stopping: stop a model's round after this many epochs without a lower validation loss;
+            0 disables (default 5).
+        iteration_patience: stop co-training after this many rounds without a better ensemble validation accuracy;
+            0 disables (default 0).
+        ckpt_dir: folder of ``model0.pt``, ``model1.pt`` (best validation accuracy) and ``checkpoint_last.pt``.
+        output_dir: folder of the log (JSON/CSV), the PNG and TensorBoard event files.
+        resume: continue from ``checkpoint_last.pt`` when it exists (default True).
+        amp: mixed precision on CUDA (ignored on CPU).
+        seed: seed of the training data order.
+        progress: show ignite progress bars.
+        distributed: shard training batches with a ``DistributedSampler`` (under torchrun).
+        cache: keep all images in memory (default True).
+
+    Raises:
+        ConfigError: bad hyperparameters, ``k`` larger than the unlabelled pool, an empty validation split, or a
+            labelled sample set that is empty.
+    """
+
+    def __init__(
+        self,
+        splits: TwoViewSplits,
+        networks: Sequence[nn.Module],
+        optimizers: Sequence[torch.optim.Optimizer],
+        ckpt_dir: str | os.PathLike,
+        output_dir: str | os.PathLike,
+        preprocessing: Callable | Sequence[Callable],
+        lr_schedulers: Sequence[Any] | Any | None = None,
+        loss_function: Callable | None = None,
+        augmentation: Callable | Sequence[Callable | None] | None = None,
+        device: torch.device | str = "cpu",
+        mode: str = "cotraining",
+        iterations: int = 10,
+        epochs: int = 10,
+        k: int = 50,
+        threshold: float | None = None,
+        class_balance: bool = False,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        patience: int = 5,
+        iteration_patience: int = 0,
+        resume: bool = True,
+        amp: bool = False,
+        seed: int = 0,
+        progress: bool = True,
+        distributed: bool = False,
+        cache: bool = True,
+    ) -> None:
+        if not isinstance(splits, TwoViewSplits):
+            raise ConfigError(
+                "splits: expected TwoViewSplits (from tlk_components.data.cotraining.load_splits), "
+                f"got {type(splits).__name__}"
+            )
+        self.splits = splits
+        self.samples: TwoViewSamples = splits.samples
+        self.networks = _pair("networks", networks)
+        self.optimizers = _pair("optimizers", optimizers)
+        if self.networks[0] is self.networks[1] or self.optimizers[0] is self.optimizers[1]:
+            raise ConfigError(
+                "networks/optimizers: each view needs its own network and optimizer (got the same object twice)"
+            )
+        self.lr_schedulers = _pair("lr_schedulers", lr_schedulers, allow_none=True)
+        self.loss_function = loss_function if loss_function is not None else nn.CrossEntropyLoss()
+        self.preprocessing = _pair("preprocessing", preprocessing)
+        self.augmentation = _pair("augmentation", augmentation, allow_none=True)
+        self.device = torch.device(device)
+        self.mode = look_up_option("mode", mode, MODES)
+        self.iterations = check_positive_int("iterations", iterations)
+        self.epochs = check_positive_int("epochs", epochs)
+        self.k = check_positive_int("k", k)
+        self.threshold = None if threshold is None else check_probability("threshold", threshold)
+        self.class_balance = bool(class_balance)
+        self.batch_size = check_positive_int("batch_size", batch_size)
+        self.num_workers = check_positive_int("num_workers", num_workers, minimum=0)
+        self.patience = check_positive_int("patience", patience, minimum=0)
+        self.iteration_patience = check_positive_int("iteration_patience", iteration_patience, minimum=0)
+        self.ckpt_dir, self.output_dir = Path(ckpt_dir), Path(output_dir)
+        self.resume = bool(resume)
+        self.amp = bool(amp) and self.device.type == "cuda"
+        self.seed = int(seed)
+        self.progress = bool(progress)
+        self.distributed = bool(distributed)
+        self.cache = bool(cache)
+        if len(splits.val) == 0:
+            raise ConfigError("the validation split is empty; raise val_fraction (or use more samples)")
+        pool = len(splits.unlabelled)
+        if self.mode == "cotraining" and pool and self.k > pool:
+            raise ConfigError(
+                f"k={self.k} is larger than the unlabelled pool ({pool} samples); choose k <= {pool} "
+                f"(the source notebook used 5% of the pool: k={max(1, pool // 20)})"
+            )
+        self.last_path = self.ckpt_dir / "checkpoint_last.pt"
+        self.savers = [
+            AtomicCheckpointSaver(
+                save_dir=self.ckpt_dir,
+                save_dict={"model": self.networks[v]},
+                save_last=False,
+                key_metric_name="val_accuracy",
+                key_metric_filename=f"model{v}.pt",
+            )
+            for v in (0, 1)
+        ]
+        self.history: list[dict[str, Any]] = []
+        self._images: list[ViewImages] | None = None
+        self._writer: Any = None
+        self._global_epoch = [0, 0]
+
+    # ----------------------------------------------------------------------------------------- state
+
+    def _initial_state(self) -> None:
+        s, labels = self.splits, self.samples.labels
+        train_ids = s.train
+        if self.mode == "all_labels":
+            known = s.unlabelled[labels[s.unlabelled] >= 0]
+            train_ids = np.sort(np.concatenate([s.train, known]))
+        self.train_ids = [train_ids.copy(), train_ids.copy()]
+        self.train_labels = [labels[train_ids].copy(), labels[train_ids].copy()]
+        self.train_pseudo = [np.zeros(len(train_ids), bool), np.zeros(len(train_ids), bool)]
+        self.pool = s.unlabelled.copy() if self.mode == "cotraining" else np.zeros(0, np.int64)
+        self.start_iteration = 0
+        self.finished = False
+        self.best_ensemble = -1.0
+        self.stale = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume, as tensors and plain types (loadable with ``weights_only=True``)."""
+        out: dict[str, Any] = {
+            "n_samples": len(self.samples),
+            "mode": self.mode,
+            "iteration": self.start_iteration,
+            "finished": self.finished,
+            "best_ensemble": self.best_ensemble,
+            "stale": self.stale,
+            "pool": torch.as_tensor(self.pool, dtype=torch.long),
+            "history": to_jsonable(self.history),
+            "global_epoch": list(self._global_epoch),
+        }
+        for v in (0, 1):
+            out[f"model{v}"] = unwrap_model(self.networks[v]).state_dict()
+            out[f"optimizer{v}"] = self.optimizers[v].state_dict()
+            if self.lr_schedulers[v] is not None:
+                out[f"lr_scheduler{v}"] = self.lr_schedulers[v].state_dict()
+            out[f"train_ids{v}"] = torch.as_tensor(self.train_ids[v], dtype=torch.long)
+            out[f"train_labels{v}"] = torch.as_tensor(self.train_labels[v], dtype=torch.long)
+            out[f"train_pseudo{v}"] = torch.as_tensor(self.train_pseudo[v], dtype=torch.bool)
+            out[f"best{v}"] = self.savers[v].best
+        return out
+
+    def load_state_dict(self, ckpt: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (raises ConfigError for a checkpoint of another dataset or mode)."""
+        if ckpt.get("n_samples") != len(self.samples) or ckpt.get("mode") != self.mode:
+            raise ConfigError(
+                f"{self.last_path}: written for {ckpt.get('n_samples')} samples in mode {ckpt.get('mode')!r}, this run "
+                f"has {len(self.samples)} in mode {self.mode!r}; delete it (or pass --resume false) to start over"
+            )
+        for v in (0, 1):
+            unwrap_model(self.networks[v]).load_state_dict(ckpt[f"model{v}"])
+            self.optimizers[v].load_state_dict(ckpt[f"optimizer{v}"])
+            if self.lr_schedulers[v] is not None and f"lr_scheduler{v}" in ckpt:
+                self.lr_schedulers[v].load_state_dict(ckpt[f"lr_scheduler{v}"])
+            self.train_ids[v] = ckpt[f"train_ids{v}"].numpy()
+            self.train_labels[v] = ckpt[f"train_labels{v}"].numpy()
+            self.train_pseudo[v] = ckpt[f"train_pseudo{v}"].numpy()
+            self.savers[v].best = ckpt[f"best{v}"]
+        self.pool = ckpt["pool"].numpy()
+        self.start_iteration = int(ckpt["iteration"])
+        self.finished = bool(ckpt["finished"])
+        self.best_ensemble = float(ckpt["best_ensemble"])
+        self.stale = int(ckpt["stale"])
+        self.history = list(ckpt["history"])
+        self._global_epoch = list(ckpt.get("global_epoch", [0, 0]))
+
+    # ----------------------------------------------------------------------------------------- pieces
+
+    @property
+    def images(self) -> list[ViewImages]:
+        if self._images is None:
+            self._images = [ViewImages(self.samples.paths(v), self.preprocessing[v], self.cache) for v in (0, 1)]
+        return self._images
+
+    def _scalar(self, tag: str, value: float | None, step: int) -> None:
+        if self._writer is not None and value is not None:
+            self._writer.add_scalar(tag, value, step)
+
+    def _train_view(self, v: int, iteration: int) -> dict[str, Any]:
+        """Up to ``epochs`` epochs of model ``v`` on its training set, validating after each epoch."""
+        from ignite.handlers import ProgressBar
+        from monai.engines import SupervisedEvaluator, SupervisedTrainer
+        from monai.handlers import EarlyStopHandler, LrScheduleHandler, ValidationHandler
+
+        net, opt, sched = self.networks[v], self.optimizers[v], self.lr_schedulers[v]
+        ds = _LabelledView(self.images[v], self.train_ids[v], self.train_labels[v], self.augmentation[v])
+        gen = torch.Generator().manual_seed(self.seed * 1000 + iteration * 2 + v)
+        sampler = None
+        if self.distributed:
+            from torch.utils.data.distributed import DistributedSampler
+
+            sampler = DistributedSampler(ds, shuffle=True, seed=self.seed + iteration * 2 + v)
+        loader = DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=sampler is None,
+            sampler=sampler,
+            generator=gen if sampler is None else None,
+            num_workers=self.num_workers,
+        )
+        val_ds = _LabelledView(self.images[v], self.splits.val, self.samples.labels[self.splits.val], None)
+        val_loader = DataLoader(val_ds, batch_size=max(self.batch_size, 64), shuffle=False)
+
+        def pred_label(out: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            return out["pred"], out["label"]
+
+        evaluator = SupervisedEvaluator(
+            device=self.device,
+            val_data_loader=val_loader,
+            network=unwrap_model(net),
+            amp=self.amp,
+            decollate=False,
+            key_val_metric={"val_accuracy": Accuracy(output_transform=pred_label)},
+            additional_metrics={"val_loss": Loss(self.loss_function, output_transform=pred_label)},
+        )
+        trainer = SupervisedTrainer(
+            device=self.device,
+            max_epochs=self.epochs,
+            train_data_loader=loader,
+            network=net,
+            optimizer=opt,
+            loss_function=self.loss_function,
+            amp=self.amp,
+            decollate=False,
+        )
+        ValidationHandler(interval=1, validator=evaluator, epoch_level=True).attach(trainer)
+        if sched is not None:
+            metric = "val_accuracy" if getattr(sched, "mode", "min") == "max" else "val_loss"
+            LrScheduleHandler(sched, print_lr=False, step_transform=lambda e: e.state.metrics[metric]).attach(evaluator)
+        if self.patience:
+            EarlyStopHandler(
+                patience=self.patience, score_function=lambda e: -float(e.state.metrics["val_loss"]), trainer=trainer
+            ).attach(evaluator)
+        self.savers[v].attach(evaluator)
+        losses: list[float] = []
+        trainer.add_event_handler(
+            Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss"].detach()))
+        )
+
+        def log_epoch(e: Engine) -> None:
+            self._global_epoch[v] += 1
+            step = self._global_epoch[v]
+            m = evaluator.state.metrics
+            if losses:
+                self._scalar(f"train_loss/view{v}", float(np.mean(losses)), step)
+            self._scalar(f"val_accuracy/view{v}", float(m["val_accuracy"]), step)
+            self._scalar(f"val_loss/view{v}", float(m["val_loss"]), step)
+            self._scalar(f"learning_rate/view{v}", float(opt.param_groups[0]["lr"]), step)
+            logger.info(
+                f"iteration {iteration + 1} model {v} epoch {e.state.epoch}: train loss "
+                f"{np.mean(losses) if losses else float('nan'):.4f}, val accuracy {m['val_accuracy']:.4f}, "
+                f"val loss {m['val_loss']:.4f}"
+            )
+            losses.clear()
+
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, log_epoch)
+        if self.progress and _is_rank0():
+            ProgressBar(persist=False, desc=f"iter {iteration + 1} model {v}").attach(
+                trainer, output_transform=lambda out: {"loss": float(out["loss"].detach())}
+            )
+        trainer.run()
+        return {"epochs": int(trainer.state.epoch), "lr": float(opt.param_groups[0]["lr"])}
+
+    def _exchange(self, row: dict[str, Any]) -> None:
+        k = min(self.k, len(self.pool))
+        if k < self.k:
+            logger.info(
+                f"unlabelled pool ({len(self.pool)}) is smaller than k={self.k}; this round picks {k} per model"
+            )
+        p0 = predict_proba(self.networks[0], self.images[0], self.pool, self.device)
+        p1 = predict_proba(self.networks[1], self.images[1], self.pool, self.device)
+        r = exchange_pseudo_labels(self.pool, p0, p1, k, self.threshold, self.class_balance)
+        truth = self.samples.labels
+        adds = ((0, r.to_view0_ids, r.to_view0_labels), (1, r.to_view1_ids, r.to_view1_labels))
+        for v, ids, labs in adds:
+            self.train_ids[v] = np.concatenate([self.train_ids[v], ids])
+            self.train_labels[v] = np.concatenate([self.train_labels[v], labs])
+            self.train_pseudo[v] = np.concatenate([self.train_pseudo[v], np.ones(len(ids), bool)])
+            row[f"added_view{v}"] = int(len(ids))
+            row[f"pseudo_label_accuracy_view{v}"] = _accuracy(labs, truth[ids])
+        all_labs = np.concatenate([r.to_view0_labels, r.to_view1_labels])
+        all_ids = np.concatenate([r.to_view0_ids, r.to_view1_ids])
+        row["pseudo_label_accuracy"] = _accuracy(all_labs, truth[all_ids]) if len(all_ids) else None
+        row["conflicts"] = int(len(r.conflict_ids))
+        row["k"] = k
+        self.pool = r.pool
+
+    def _write_log(self) -> None:
+        if not _is_rank0():
+            return
+        atomic_write_json(self.output_dir / f"{LOG_NAME}.json", to_jsonable(self.history))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(LOG_FIELDS), extrasaction="ignore")
+        w.writeheader()
+        for h in self.history:
+            w.writerow({k: ("" if h.get(k) is None else h.get(k)) for k in LOG_FIELDS})
+        atomic_write_text(self.output_dir / f"{LOG_NAME}.csv", buf.getvalue())
+        plot_cotraining_log(self.history, self.output_dir / PLOT_NAME)
+
+    # ----------------------------------------------------------------------------------------- loop
+
+    def run(self) -> list[dict[str, Any]]:
+        """Run (or resume) co-training; returns the per-iteration log (also written to ``output_dir``)."""
+        self._initial_state()
+        if self.resume and self.last_path.is_file():
+            self.load_state_dict(load_weights(self.last_path))
+            logger.info(f"resumed from {self.last_path} after iteration {self.start_iteration}")
+            if self.finished or self.start_iteration >= self.iterations:
+                logger.info("co-training already finished; delete checkpoint_last.pt (or --resume false) to redo it")
+                return self.history
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if _is_rank0():
+            names = self.samples.class_names
+            atomic_write_json(self.ckpt_dir / "classes.json", {n: i for i, n in enumerate(names)})
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.output_dir / "tensorboard"))
+        logger.info(
+            f"{self.mode}: train {len(self.train_ids[0])}, val {len(self.splits.val)}, "
+            f"unlabelled pool {len(self.pool)}, {self.iterations} iterations x {self.epochs} epochs, k={self.k}"
+        )
+        try:
+            for it in range(self.start_iteration, self.iterations):
+                row: dict[str, Any] = {
+                    "iteration": it + 1,
+                    "mode": self.mode,
+                    "k": 0,
+                    "added_view0": 0,
+                    "added_view1": 0,
+                    "conflicts": 0,
+                    "pseudo_label_accuracy": None,
+                    "pseudo_label_accuracy_view0": None,
+                    "pseudo_label_accuracy_view1": None,
+                }
+                for v in (0, 1):
+                    info = self._train_view(v, it)
+                    row[f"epochs_view{v}"], row[f"lr_view{v}"] = info["epochs"], info["lr"]
+                val = self.splits.val
+                probs = [predict_proba(self.networks[v], self.images[v], val, self.device) for v in (0, 1)]
+                truth = self.samples.labels[val]
+                for v in (0, 1):
+                    row[f"val_accuracy_view{v}"] = _accuracy(probs[v].argmax(1).numpy(), truth)
+                ens = _accuracy((probs[0] + probs[1]).argmax(1).numpy(), truth)
+                row["val_accuracy_ensemble"] = ens
+                last = it == self.iterations - 1
+                stop_reason = None
+                if self.mode == "cotraining" and not last:
+                    if len(self.pool):
+                        self._exchange(row)
+                    if not len(self.pool) and not row["added_view0"] and not row["added_view1"]:
+                        stop_reason = "the unlabelled pool is empty"
+                for v in (0, 1):
+                    row[f"train_size_view{v}"] = int(len(self.train_ids[v]))
+                row["pool_size"] = int(len(self.pool))
+                if ens is not None and ens > self.best_ensemble:
+                    self.best_ensemble, self.stale = ens, 0
+                else:
+                    self.stale += 1
+                if self.iteration_patience and self.stale >= self.iteration_patience:
+                    stop_reason = f"no better ensemble validation accuracy for {self.stale} iterations"
+                self.history.append(row)
+                for key in (
+                    "val_accuracy_view0",
+                    "val_accuracy_view1",
+                    "val_accuracy_ensemble",
+                    "pseudo_label_accuracy",
+                    "pool_size",
+                    "added_view0",
+                    "added_view1",
+                    "conflicts",
+                ):
+                    self._scalar(f"cotraining/{key}", row.get(key), it + 1)
+                pla = row["pseudo_label_accuracy"]
+                logger.info(
+                    f"iteration {it + 1}/{self.iterations}: val accuracy {row['val_accuracy_view0']:.4f} / "
+                    f"{row['val_accuracy_view1']:.4f} / ensemble {ens:.4f}; added {row['added_view0']} + "
+                    f"{row['added_view1']} pseudo-labels (accuracy {'n/a' if pla is None else f'{pla:.3f}'}), "
+                    f"{row['conflicts']} conflicts, pool {row['pool_size']}"
+                )
+                self.start_iteration = it + 1
+                self.finished = stop_reason is not None
+                if _is_rank0():
+                    atomic_torch_save(self.state_dict(), self.last_path)
+                self._write_log()
+                if stop_reason is not None:
+                    logger.info(f"co-training stops after iteration {it + 1}: {stop_reason}")
+                    break
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+        return self.history
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+
+
+def _load_models(networks: Sequence[nn.Module], ckpt_dir: str | os.PathLike, device: torch.device) -> None:
+    for v, net in enumerate(networks):
+        state = load_weights(Path(ckpt_dir) / f"model{v}.pt", map_location=device)
+        unwrap_model(net).load_state_dict(state)
+        net.eval()
+
+
+def _per_class(pred: np.ndarray, truth: np.ndarray, n: int) -> list[float | None]:
+    return [float((pred[truth == c] == c).mean()) if (truth == c).any() else None for c in range(n)]
+
+
+class CoTrainingEvaluator:
+    """Test accuracy of both models and their ensemble, per-class accuracy, confusion matrix and plots.
+
+    Writes ``<output_dir>/metrics.json`` with ``test_accuracy_view0``, ``test_accuracy_view1``,
+    ``test_accuracy_ensemble``, ``per_class_accuracy`` (per model and ensemble), ``confusion_matrix_ensemble`` and
+    ``n_test``; ``per_class_accuracy.png``; and redraws ``cotraining_accuracy.png`` from the training log when the
+    log is in ``output_dir``.
+
+    Args:
+        splits: as for :class:`CoTrainer`.
+        networks: the two classifiers (architecture as trained).
+        preprocessing: path -> tensor, one per view or shared.
+        ckpt_dir: folder of ``model0.pt`` and ``model1.pt``.
+        output_dir: where the files go.
+        split: ``"test"`` (default) or ``"val"``.
+        device: where the networks run.
+        keys: metric names that must be present (metadata ``eval_metrics``).
+        filename: name of the metrics file (default ``metrics.json``).
+    """
+
+    def __init__(
+        self,
+        splits: TwoViewSplits,
+        networks: Sequence[nn.Module],
+        preprocessing: Callable | Sequence[Callable],
+        ckpt_dir: str | os.PathLike,
+        output_dir: str | os.PathLike,
+        split: str = "test",
+        device: torch.device | str = "cpu",
+        keys: Sequence[str] | None = None,
+        filename: str = "metrics.json",
+    ) -> None:
+        self.filename = str(filename)
+        self.splits, self.networks = splits, _pair("networks", networks)
+        self.preprocessing = _pair("preprocessing", preprocessing)
+        self.ckpt_dir, self.output_dir = Path(ckpt_dir), Path(output_dir)
+        self.split = look_up_option("split", split, ("test", "val"))
+        self.device = torch.device(device)
+        self.keys = list(keys) if keys is not None else None
+        if len(getattr(splits, self.split)) == 0:
+            raise ConfigError(f"the {self.split} split is empty; raise test_fraction (or use more samples)")
+
+    def run(self) -> dict[str, Any]:
+        """Evaluate and write the files; returns the metrics."""
+        _load_models(self.networks, self.ckpt_dir, self.device)
+        s = self.splits.samples
+        ids = getattr(self.splits, self.split)
+        truth = s.labels[ids]
+        probs = [
+            predict_proba(self.networks[v], ViewImages(s.paths(v), self.preprocessing[v]), ids, self.device)
+            for v in (0, 1)
+        ]
+        preds = {
+            "view0": probs[0].argmax(1).numpy(),
+            "view1": probs[1].argmax(1).numpy(),
+            "ensemble": (probs[0] + probs[1]).argmax(1).numpy(),
+        }
+        from sklearn.metrics import confusion_matrix
+
+        n = s.num_classes
+        out: dict[str, Any] = {f"{self.split}_accuracy_{k}": _accuracy(p, truth) for k, p in preds.items()}
+        out["per_class_accuracy"] = {
+            k: dict(zip(s.class_names, _per_class(p, truth, n), strict=True)) for k, p in preds.items()
+        }
+        out["confusion_matrix_ensemble"] = confusion_matrix(truth, preds["ensemble"], labels=list(range(n))).tolist()
+        out[f"n_{self.split}"] = int(len(ids))
+        if self.keys is not None:
+            missing = [k for k in self.keys if k not in out]
+            if missing:
+                raise KeyError(f"metrics {missing} named in eval_metrics were not computed; computed: {sorted(out)}")
+        if _is_rank0():
+            atomic_write_json(self.output_dir / self.filename, to_jsonable(out))
+            series = {k: [np.nan if a is None else a for a in _per_class(p, truth, n)] for k, p in preds.items()}
+            save_bar_chart(
+                series,
+                s.class_names,
+                self.output_dir / f"{self.split}_per_class_accuracy.png",
+                title=f"{self.split} accuracy per class",
+                ylabel="accuracy",
+            )
+            log = self.output_dir / f"{LOG_NAME}.json"
+            if log.is_file():
+                import json
+
+                plot_cotraining_log(json.loads(log.read_text()), self.output_dir / PLOT_NAME)
+        logger.info(", ".join(f"{k}={out[k]:.4f}" for k in out if "_accuracy_" in k and out[k] is not None))
+        return out
+
+
+class CoTrainingPredictor:
+    """Predictions of both models and the ensemble for a CSV of view pairs, written as a CSV.
+
+    Input CSV: header ``view0,view1[,label]`` (paths relative to the CSV). Output CSV columns: ``view0, view1,
+    pred_view0, pred_view1, pred, confidence`` (``pred`` = ensemble class name, ``confidence`` = its mean
+    probability), plus ``label`` when the input has one.
+
+    Args:
+        input_csv: the view pairs.
+        output_csv: where predictions go (written atomically).
+        networks: the two classifiers.
+        preprocessing: path -> tensor, one per view or shared.
+        ckpt_dir: folder of ``model0.pt`` and ``model1.pt``.
+        class_names: class name per index; default: ``<ckpt_dir>/classes.json`` written by training.
+        device: where the networks run.
+    """
+
+    def __init__(
+        self,
+        input_csv: str | os.PathLike,
+        output_csv: str | os.PathLike,
+        networks: Sequence[nn.Module],
+        preprocessing: Callable | Sequence[Callable],
+        ckpt_dir: str | os.PathLike,
+        class_names: Sequence[str] | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.input_csv, self.output_csv = Path(input_csv), Path(output_csv)
+        self.networks, self.preprocessing = _pair("networks", networks), _pair("preprocessing", preprocessing)
+        self.ckpt_dir, self.device = Path(ckpt_dir), torch.device(device)
+        self.class_names = list(class_names) if class_names is not None else None
+
+    def run(self) -> Path:
+        """Predict every row; returns the output path."""
+        v0, v1, labels = read_pairs_csv(self.input_csv)
+        missing = [p for p in v0 + v1 if not os.path.isfile(p)]
+        if missing:
+            raise DatasetError(f"{self.input_csv}: {len(missing)} image file(s) missing", missing)
+        _load_models(self.networks, self.ckpt_dir, self.device)
+        names = self.class_names if self.class_names is not None else read_class_names(self.ckpt_dir)
+        ids = np.arange(len(v0))
+        probs = [
+            predict_proba(self.networks[v], ViewImages(paths, self.preprocessing[v]), ids, self.device)
+            for v, paths in enumerate((v0, v1))
+        ]
+        ens = (probs[0] + probs[1]) / 2
+        conf, pred = ens.max(1)
+        has_label = any(labels)
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(
+            ["view0", "view1", "pred_view0", "pred_view1", "pred", "confidence"] + (["label"] if has_label else [])
+        )
+        base = self.input_csv.parent
+        for i in range(len(v0)):
+            row = [
+                os.path.relpath(v0[i], base),
+                os.path.relpath(v1[i], base),
+                names[int(probs[0][i].argmax())],
+                names[int(probs[1][i].argmax())],
+                names[int(pred[i])],
+                f"{float(conf[i]):.4f}",
+            ]
+            w.writerow(row + ([labels[i]] if has_label else []))
+        if _is_rank0():
+            atomic_write_text(self.output_csv, buf.getvalue())
+        logger.info(f"wrote {len(v0)} predictions to {self.output_csv}")
+        return self.output_csv

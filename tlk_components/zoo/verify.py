@@ -1,0 +1,678 @@
+# Copyright (c) TLK Model Zoo contributors. Licensed under the Apache License, Version 2.0.
+"""``tlk verify``: check a bundle the way the MONAI Model Zoo's CI does, offline and on CPU.
+
+Checks (each named in the report; a failed check lists what to fix):
+
+* ``metadata`` — ``configs/metadata.json`` against the shipped schema (:func:`~tlk_components.zoo.metadata.metadata_errors`).
+* ``files`` — LICENSE, configs/{metadata,train,evaluate,inference,multi_gpu_train}.json, configs/logging.conf,
+  docs/README.md.
+* ``config_keys`` — the keys MONAI's ``TrainProperties``/``InferProperties`` and the zoo's naming rules expect
+  (bundles/README.md), and ``configure_threads`` in every ``initialize``.
+* ``overrides`` — ``evaluate.json`` and ``multi_gpu_train.json`` hold only overrides of ``train.json`` (no forked
+  copies of ``train``/``validate``, no unchanged duplicates, no ids whose parent does not exist).
+* ``portable`` — no bundle-local ``scripts/`` and no ``_target_: scripts.*`` (the bundle runs from any directory).
+* ``readme_metrics`` — every ``eval_metrics`` key has a ``| <key> | <value> |`` row under ``## Performance`` in
+  docs/README.md with the same value.
+* ``net_in_out`` — MONAI's ``verify_net_in_out`` on ``inference.json`` (fake input from ``network_data_format``).
+* ``torchscript`` — MONAI's ``ckpt_export`` (weights from ``models/model.pt``, else a random initialisation saved to
+  a temporary file), reloaded with ``torch.jit.load`` and compared with the eager network on the same input;
+  a shipped ``models/model.ts`` is compared too.
+
+Everything is driven by the bundle's files; adding a bundle under ``bundles/`` is enough for ``verify --all``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tlk_components.utils.errors import TLKError
+from tlk_components.utils.io import atomic_torch_save, load_weights
+from tlk_components.zoo.metadata import metadata_errors
+from tlk_components.zoo.registry import find_bundle, list_bundles
+
+__all__ = [
+    "ALL_CHECKS",
+    "REQUIRED_FILES",
+    "STATIC_CHECKS",
+    "CheckResult",
+    "VerifyError",
+    "VerifyReport",
+    "readme_metrics",
+    "verify_all",
+    "verify_bundle",
+    "verify_cmd",
+]
+
+#: Files every bundle ships (paths relative to the bundle folder).
+REQUIRED_FILES: tuple[str, ...] = (
+    "LICENSE",
+    "configs/metadata.json",
+    "configs/train.json",
+    "configs/evaluate.json",
+    "configs/inference.json",
+    "configs/multi_gpu_train.json",
+    "configs/logging.conf",
+    "docs/README.md",
+)
+
+#: Keys of train.json (nested ids use ``#``); tuples are alternatives (one of them must exist).
+TRAIN_KEYS: tuple[str | tuple[str, ...], ...] = (
+    "bundle_root",
+    "device",
+    "dataset_dir",
+    "output_dir",
+    "network_def",
+    "train#dataset",
+    "train#handlers",
+    "train#trainer",
+    ("train#trainer#max_epochs", "epochs"),
+    "validate#dataset",
+    "validate#handlers",
+    "validate#evaluator",
+    "initialize",
+    "run",
+)
+
+#: Keys of inference.json (reference §1.5 plus the ``--input_dir`` of the command-line contract). An engine that
+#: runs the network itself (a detection evaluator) stands in for a separate ``inferer``.
+INFERENCE_KEYS: tuple[str | tuple[str, ...], ...] = (
+    "bundle_root",
+    "device",
+    "network_def",
+    ("inferer", "evaluator"),
+    "input_dir",
+    "output_dir",
+    "initialize",
+    "run",
+)
+
+#: Checks that read files only (fast; ``package`` runs these).
+STATIC_CHECKS: tuple[str, ...] = ("metadata", "files", "config_keys", "overrides", "portable", "readme_metrics")
+#: All checks, in report order.
+ALL_CHECKS: tuple[str, ...] = (*STATIC_CHECKS, "net_in_out", "torchscript")
+
+_OVERRIDE_FILES = ("evaluate.json", "multi_gpu_train.json")
+#: What multi_gpu_train.json must contain (any of the spellings): process group, DDP wrapper, data sharding.
+_DIST_MARKERS = (
+    (
+        ("init_distributed", "init_process_group"),
+        "initialise the process group (tlk_components.engines.distributed.init_distributed: NCCL on GPU, gloo on CPU)",
+    ),
+    (("DistributedDataParallel",), "wrap the network in torch.nn.parallel.DistributedDataParallel"),
+    (
+        ("DistributedSampler", "num_replicas"),
+        "shard the training data per rank (monai.data.DistributedSampler, or a loader's num_replicas/rank)",
+    ),
+)
+_ROW = re.compile(r"^\s*\|\s*`?([^|`]+?)`?\s*\|\s*([^|]+?)\s*\|")
+_NON_TENSOR_TYPES = {"object", "dict", "list", "tuple", "boxes"}
+
+
+class VerifyError(TLKError):
+    """A bundle failed verification; the message lists every failed check and what to fix."""
+
+
+@dataclass
+class CheckResult:
+    """Outcome of one named check.
+
+    Args:
+        name: check name (one of :data:`ALL_CHECKS`).
+        problems: one line per problem, each saying what to fix; empty when the check passed.
+        skipped: reason the check did not apply (then ``problems`` is empty).
+        detail: what was checked, for the report (e.g. ``"max |ts - eager| = 0"``).
+        seconds: wall time of the check.
+    """
+
+    name: str
+    problems: list[str] = field(default_factory=list)
+    skipped: str = ""
+    detail: str = ""
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def line(self) -> str:
+        if self.problems:
+            status = "FAIL"
+        elif self.skipped:
+            status = "skip"
+        else:
+            status = "ok"
+        note = self.skipped or self.detail
+        text = f"  [{status:4s}] {self.name}" + (f" — {note}" if note else "")
+        return "\n".join([text, *(f"         - {p}" for p in self.problems)])
+
+
+@dataclass
+class VerifyReport:
+    """Every check of one bundle.
+
+    Attributes:
+        bundle: bundle name (folder name).
+        path: bundle folder.
+        checks: results in :data:`ALL_CHECKS` order.
+    """
+
+    bundle: str
+    path: Path
+    checks: list[CheckResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def failed(self) -> list[str]:
+        return [c.name for c in self.checks if not c.ok]
+
+    def __getitem__(self, name: str) -> CheckResult:
+        for c in self.checks:
+            if c.name == name:
+                return c
+        raise KeyError(f"no check {name!r} in the report; checks run: {[c.name for c in self.checks]}")
+
+    def summary(self) -> str:
+        head = f"{self.bundle} ({self.path}): {'OK' if self.ok else 'FAILED ' + ', '.join(self.failed)}"
+        return "\n".join([head, *(c.line() for c in self.checks)])
+
+    def raise_if_bad(self) -> None:
+        """Raise :class:`VerifyError` with the full summary when any check failed."""
+        if not self.ok:
+            raise VerifyError(self.summary())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _load_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _split_id(key: str) -> list[str]:
+    return [p for p in re.split(r"::|#", key.lstrip("+")) if p != ""]
+
+
+def _lookup(config: Any, key: str) -> tuple[bool, Any]:
+    """Find a nested id (``a#b#0``) in a raw config; returns (found, value)."""
+    node = config
+    for part in _split_id(key):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False, None
+    return True, node
+
+
+def _iter_strings(node: Any) -> Iterable[str]:
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield str(k)
+            yield from _iter_strings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _iter_strings(v)
+
+
+def _iter_targets(node: Any) -> Iterable[str]:
+    if isinstance(node, dict):
+        t = node.get("_target_")
+        if isinstance(t, str):
+            yield t
+        for v in node.values():
+            yield from _iter_targets(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _iter_targets(v)
+
+
+def readme_metrics(readme: str | os.PathLike) -> dict[str, str]:
+    """The ``| <key> | <value> |`` rows of the ``## Performance`` section of a bundle README.
+
+    The section ends at the next heading of level 1 or 2. Header and separator rows are returned too (their values
+    are not numbers); callers look up the keys they need.
+
+    Returns:
+        row key -> value text (first occurrence wins).
+
+    Raises:
+        VerifyError: the README has no ``## Performance`` section.
+    """
+    lines = Path(readme).read_text(encoding="utf-8").splitlines()
+    start = next((i for i, ln in enumerate(lines) if re.match(r"^##\s+Performance\s*$", ln.strip())), None)
+    if start is None:
+        raise VerifyError(f"{readme}: no '## Performance' section; add one with a row '| <metric> | <value> |' per key")
+    rows: dict[str, str] = {}
+    for ln in lines[start + 1 :]:
+        if re.match(r"^#{1,2}\s", ln):
+            break
+        m = _ROW.match(ln)
+        if m:
+            rows.setdefault(m.group(1).strip(), m.group(2).strip())
+    return rows
+
+
+def _fake_input(meta: dict[str, Any]) -> torch.Tensor:
+    """A random input shaped as ``network_data_format.inputs.image`` declares (symbolic sizes at their minimum)."""
+    from monai.bundle.scripts import _get_fake_spatial_shape  # the same rule verify_net_in_out uses
+
+    image = meta["network_data_format"]["inputs"]["image"]
+    shape = _get_fake_spatial_shape(image["spatial_shape"], p=1, n=1, any=1)
+    gen = torch.Generator().manual_seed(0)
+    return torch.rand((1, int(image["num_channels"]), *shape), generator=gen)
+
+
+def _max_abs_diff(a: Any, b: Any, path: str = "output") -> float:
+    """Largest absolute difference between two (nested) network outputs; raises when their structure differs."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        if a.shape != b.shape:
+            raise ValueError(f"{path}: shape {tuple(b.shape)} (TorchScript) != {tuple(a.shape)} (eager)")
+        if a.numel() == 0:
+            return 0.0
+        return float((a.detach().float() - b.detach().float()).abs().max())
+    if isinstance(a, dict) and isinstance(b, dict):
+        if set(a) != set(b):
+            raise ValueError(f"{path}: keys {sorted(b)} (TorchScript) != {sorted(a)} (eager)")
+        return max((_max_abs_diff(a[k], b[k], f"{path}[{k!r}]") for k in a), default=0.0)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        if len(a) != len(b):
+            raise ValueError(f"{path}: {len(b)} items (TorchScript) != {len(a)} (eager)")
+        return max(
+            (_max_abs_diff(x, y, f"{path}[{i}]") for i, (x, y) in enumerate(zip(a, b, strict=True))), default=0.0
+        )
+    raise ValueError(f"{path}: cannot compare {type(a).__name__} (eager) with {type(b).__name__} (TorchScript)")
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300] if text else ''}"
+
+
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """Silence MONAI's input-summary logging and stdout prints during in-process checks."""
+    level = logging.root.manager.disable
+    logging.disable(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(level)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# checks
+
+
+def _check_metadata(path: Path, res: CheckResult) -> None:
+    res.problems += [f"{e} (fix configs/metadata.json)" for e in metadata_errors(path / "configs" / "metadata.json")]
+
+
+def _check_files(path: Path, res: CheckResult) -> None:
+    for rel in REQUIRED_FILES:
+        if not (path / rel).is_file():
+            res.problems.append(f"{rel}: missing; every bundle ships it (see bundles/README.md 'Layout')")
+    for rel in (
+        "configs/train.json",
+        "configs/evaluate.json",
+        "configs/inference.json",
+        "configs/multi_gpu_train.json",
+    ):
+        p = path / rel
+        if p.is_file():
+            try:
+                _load_json(p)
+            except json.JSONDecodeError as e:
+                res.problems.append(f"{rel}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})")
+
+
+def _missing_keys(config: dict[str, Any], keys: Sequence[str | tuple[str, ...]], rel: str) -> list[str]:
+    problems = []
+    for key in keys:
+        alts = key if isinstance(key, tuple) else (key,)
+        if not any(_lookup(config, k)[0] for k in alts):
+            want = " or ".join(f"'{k}'" for k in alts)
+            problems.append(f"{rel}: key {want} missing; the zoo's config skeleton (bundles/README.md) requires it")
+    init = config.get("initialize", [])
+    if "initialize" in config and not any("configure_threads" in s for s in _iter_strings(init)):
+        problems.append(
+            f"{rel}: 'initialize' does not call tlk_components.utils.configure_threads; add "
+            '"$tlk_components.utils.configure_threads(@num_threads)" as its first item'
+        )
+    return problems
+
+
+def _check_config_keys(path: Path, res: CheckResult) -> None:
+    for rel, keys in (("configs/train.json", TRAIN_KEYS), ("configs/inference.json", INFERENCE_KEYS)):
+        p = path / rel
+        if not p.is_file():
+            res.skipped = res.skipped or f"{rel} missing (see 'files')"
+            continue
+        try:
+            res.problems += _missing_keys(_load_json(p), keys, rel)
+        except json.JSONDecodeError:
+            res.skipped = res.skipped or f"{rel} is not JSON (see 'files')"
+
+
+def _check_overrides(path: Path, res: CheckResult) -> None:
+    train_p = path / "configs" / "train.json"
+    try:
+        train = _load_json(train_p)
+    except (OSError, json.JSONDecodeError):
+        res.skipped = "configs/train.json missing or not JSON (see 'files')"
+        return
+    for name in _OVERRIDE_FILES:
+        p = path / "configs" / name
+        try:
+            override = _load_json(p)
+        except (OSError, json.JSONDecodeError):
+            continue  # reported by 'files'
+        rel = f"configs/{name}"
+        if not isinstance(override, dict):
+            res.problems.append(f"{rel}: expected a JSON object of override ids")
+            continue
+        for key, value in override.items():
+            parts = _split_id(key)
+            if len(parts) == 1 and parts[0] in ("train", "validate") and parts[0] in train:
+                res.problems.append(
+                    f"{rel}: redefines the whole '{parts[0]}' section (a fork of train.json); override single ids "
+                    f"such as '{parts[0]}#handlers' instead"
+                )
+                continue
+            if not key.startswith("+") and key in train and train[key] == value:
+                res.problems.append(f"{rel}: '{key}' repeats train.json unchanged; remove it (overrides only)")
+                continue
+            if len(parts) > 1:
+                parent = "#".join(parts[:-1])
+                if not (_lookup(train, parent)[0] or _lookup(override, parent)[0] or parent in override):
+                    res.problems.append(
+                        f"{rel}: '{key}' overrides inside '{parent}', which train.json does not define; "
+                        "check the id (typo?)"
+                    )
+    mg = path / "configs" / "multi_gpu_train.json"
+    if mg.is_file():
+        text = mg.read_text(encoding="utf-8")
+        for needed, fix in _DIST_MARKERS:
+            if not any(n in text for n in needed):
+                res.problems.append(f"configs/multi_gpu_train.json: no {' / '.join(needed)}; {fix}")
+
+
+def _check_portable(path: Path, res: CheckResult) -> None:
+    if (path / "scripts").exists():
+        res.problems.append(
+            "scripts/: bundle-local Python breaks `monai.bundle run` from another directory; move the code into "
+            "tlk_components and point _target_ there"
+        )
+    for p in sorted((path / "configs").glob("*.json")):
+        try:
+            cfg = _load_json(p)
+        except (OSError, json.JSONDecodeError):
+            continue
+        bad = sorted({t for t in _iter_targets(cfg) if t.split(".")[0] == "scripts"})
+        bad += sorted({s for s in _iter_strings(cfg) if re.search(r"\bimport\s+scripts\b|\bfrom\s+scripts\b", s)})
+        for t in bad:
+            res.problems.append(f"configs/{p.name}: '{t}' needs the bundle on sys.path; use a tlk_components target")
+
+
+def _check_readme(path: Path, res: CheckResult) -> None:
+    readme, meta_p = path / "docs" / "README.md", path / "configs" / "metadata.json"
+    if not readme.is_file() or not meta_p.is_file():
+        res.skipped = "docs/README.md or configs/metadata.json missing (see 'files')"
+        return
+    try:
+        metrics = _load_json(meta_p).get("eval_metrics") or {}
+    except json.JSONDecodeError:
+        res.skipped = "configs/metadata.json is not JSON (see 'metadata')"
+        return
+    try:
+        rows = readme_metrics(readme)
+    except VerifyError as e:
+        res.problems.append(str(e))
+        return
+    for key, value in metrics.items():
+        if key not in rows:
+            res.problems.append(f"docs/README.md: no row '| {key} | {value} |' under '## Performance'")
+            continue
+        try:
+            shown = float(rows[key].replace("**", "").strip())
+        except ValueError:
+            res.problems.append(f"docs/README.md: row '{key}' has value {rows[key]!r}; expected the number {value}")
+            continue
+        if not (isinstance(value, int | float) and math.isfinite(shown) and shown == float(value)):
+            res.problems.append(
+                f"docs/README.md: '{key}' = {rows[key]} but metadata.json eval_metrics says {value}; "
+                "write the measured value in both"
+            )
+    res.detail = f"{len(metrics)} metric(s) match"
+
+
+def _inference_files(path: Path) -> tuple[Path, Path, dict[str, Any]]:
+    meta_p, inf_p = path / "configs" / "metadata.json", path / "configs" / "inference.json"
+    if not meta_p.is_file() or not inf_p.is_file():
+        raise FileNotFoundError("configs/metadata.json or configs/inference.json missing (see 'files')")
+    return meta_p, inf_p, _load_json(meta_p)
+
+
+def _output_is_tensor(meta: dict[str, Any]) -> bool:
+    outputs = meta.get("network_data_format", {}).get("outputs", {})
+    pred = outputs.get("pred", next(iter(outputs.values()), {})) if isinstance(outputs, dict) else {}
+    kind = str(pred.get("type", "")).lower() if isinstance(pred, dict) else ""
+    fmt = str(pred.get("format", "")).lower() if isinstance(pred, dict) else ""
+    return kind not in _NON_TENSOR_TYPES and fmt not in _NON_TENSOR_TYPES
+
+
+def _check_net_in_out(path: Path, res: CheckResult, device: str) -> None:
+    from monai.bundle import verify_net_in_out
+
+    try:
+        meta_p, inf_p, meta = _inference_files(path)
+    except (FileNotFoundError, json.JSONDecodeError) as e:
+        res.skipped = str(e)
+        return
+    if not _output_is_tensor(meta):
+        res.skipped = "network_data_format declares a non-tensor output; verify_net_in_out checks tensors only"
+        return
+    try:
+        with _quiet():
+            verify_net_in_out(
+                net_id="network_def",
+                meta_file=str(meta_p),
+                config_file=str(inf_p),
+                device=device,
+                bundle_root=str(path),
+            )
+        res.detail = "output channels and dtype match network_data_format"
+    except Exception as e:  # noqa: BLE001 - any failure of the user's network is a finding of this check
+        res.problems.append(
+            f"verify_net_in_out on configs/inference.json: {_short(e)}; make network_def accept "
+            "network_data_format.inputs.image and return outputs.pred's channels and dtype"
+        )
+
+
+def _parse_network(meta_p: Path, inf_p: Path, path: Path) -> torch.nn.Module:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(inf_p))
+    parser.read_meta(str(meta_p))
+    parser["bundle_root"] = str(path)
+    return parser.get_parsed_content("network_def", instantiate=True)
+
+
+def _check_torchscript(path: Path, res: CheckResult, device: str) -> None:
+    from monai.bundle import ckpt_export
+
+    try:
+        meta_p, inf_p, meta = _inference_files(path)
+        x = _fake_input(meta)
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        res.skipped = f"cannot build a test input: {_short(e)}"
+        return
+    try:
+        with _quiet():
+            net = _parse_network(meta_p, inf_p, path)
+    except Exception as e:  # noqa: BLE001
+        res.problems.append(f"configs/inference.json: network_def cannot be built ({_short(e)})")
+        return
+    trained = path / "models" / "model.pt"
+    with tempfile.TemporaryDirectory(prefix="tlk_verify_") as tmp:
+        if trained.is_file():
+            ckpt, source = trained, "models/model.pt"
+            try:
+                net.load_state_dict(load_weights(trained))
+            except Exception as e:  # noqa: BLE001
+                res.problems.append(f"models/model.pt does not fit network_def: {_short(e)}; retrain or fix the config")
+                return
+        else:
+            torch.manual_seed(0)
+            for m in net.modules():
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+            ckpt, source = Path(tmp) / "random_init.pt", "random initialisation (no models/model.pt)"
+            atomic_torch_save(net.state_dict(), ckpt)
+        net.eval()
+        ts_path = Path(tmp) / "model.ts"
+        errors = []
+        method = ""
+        for use_trace in (False, True):
+            try:
+                with _quiet():
+                    ckpt_export(
+                        net_id="network_def",
+                        filepath=str(ts_path),
+                        ckpt_file=str(ckpt),
+                        meta_file=str(meta_p),
+                        config_file=str(inf_p),
+                        use_trace=use_trace,
+                        input_shape=list(x.shape) if use_trace else None,
+                        converter_kwargs={"strict": False} if use_trace else {},
+                        bundle_root=str(path),
+                    )
+                method = "traced" if use_trace else "scripted"
+                break
+            except Exception as e:  # noqa: BLE001
+                errors.append(f"{'trace' if use_trace else 'script'}: {_short(e)}")
+        if not method:
+            res.problems.append(f"ckpt_export failed ({'; '.join(errors)}); make network_def scriptable or traceable")
+            return
+        try:
+            ts = torch.jit.load(str(ts_path), map_location="cpu")
+            ts.eval()
+            with torch.no_grad():
+                diff = _max_abs_diff(net(x), ts(x))
+        except Exception as e:  # noqa: BLE001
+            res.problems.append(f"exported TorchScript does not reload or run: {_short(e)}")
+            return
+        tol = 1e-4
+        if not diff <= tol:
+            res.problems.append(f"TorchScript output differs from eager by {diff:.3g} (> {tol}); check non-determinism")
+        res.detail = f"{method} from {source}, max |ts - eager| = {diff:.2g}"
+        shipped = path / "models" / "model.ts"
+        if shipped.is_file():
+            try:
+                old = torch.jit.load(str(shipped), map_location="cpu")
+                old.eval()
+                with torch.no_grad():
+                    d2 = _max_abs_diff(net(x), old(x))
+                if trained.is_file() and not d2 <= tol:
+                    res.problems.append(
+                        f"models/model.ts differs from models/model.pt by {d2:.3g}; re-export it with "
+                        "`python -m monai.bundle ckpt_export` (it is stale)"
+                    )
+                res.detail += f"; models/model.ts max diff {d2:.2g}"
+            except Exception as e:  # noqa: BLE001
+                res.problems.append(f"models/model.ts does not load or run: {_short(e)}; re-export it")
+
+
+_CHECKS = {
+    "metadata": _check_metadata,
+    "files": _check_files,
+    "config_keys": _check_config_keys,
+    "overrides": _check_overrides,
+    "portable": _check_portable,
+    "readme_metrics": _check_readme,
+}
+
+
+def verify_bundle(bundle: str | os.PathLike, checks: Sequence[str] | None = None, device: str = "cpu") -> VerifyReport:
+    """Run the named checks on one bundle and return the report (never raises for a failed check).
+
+    Args:
+        bundle: bundle name (see ``tlk list``) or bundle folder.
+        checks: subset of :data:`ALL_CHECKS` (default: all). :data:`STATIC_CHECKS` reads files only.
+        device: where the network checks run (default ``"cpu"``).
+
+    Returns:
+        :class:`VerifyReport`; ``report.ok`` is False when any check failed, ``report.summary()`` says what to fix.
+
+    Raises:
+        ConfigError: unknown bundle name (lists the known ones) or unknown check name.
+    """
+    from tlk_components.utils.validation import look_up_option
+
+    path = find_bundle(bundle)
+    names = list(ALL_CHECKS if checks is None else checks)
+    for n in names:
+        look_up_option("check", n, ALL_CHECKS)
+    report = VerifyReport(bundle=path.name, path=path)
+    for name in ALL_CHECKS:
+        if name not in names:
+            continue
+        res = CheckResult(name)
+        t0 = time.perf_counter()
+        if name == "net_in_out":
+            _check_net_in_out(path, res, device)
+        elif name == "torchscript":
+            _check_torchscript(path, res, device)
+        else:
+            _CHECKS[name](path, res)
+        res.seconds = time.perf_counter() - t0
+        report.checks.append(res)
+    return report
+
+
+def verify_all(root: str | os.PathLike | None = None, checks: Sequence[str] | None = None) -> list[VerifyReport]:
+    """:func:`verify_bundle` for every bundle found by :func:`~tlk_components.zoo.registry.list_bundles`."""
+    return [verify_bundle(p, checks=checks) for p in list_bundles(root).values()]
+
+
+def verify_cmd(bundle: str | None = None, all: bool = False, static: bool = False) -> str:
+    """Verify BUNDLE (or every bundle with --all); exits with status 2 and the list of fixes when a check fails.
+
+    Args:
+        bundle: bundle name or folder.
+        all: verify every bundle under bundles/.
+        static: only the checks that read files (skip building and exporting the networks).
+    """
+    if bool(bundle) == bool(all):
+        raise VerifyError("pass exactly one of BUNDLE or --all, e.g. `tlk verify mnist_mlp_classification`")
+    checks = STATIC_CHECKS if static else None
+    reports = verify_all(checks=checks) if all else [verify_bundle(str(bundle), checks=checks)]
+    if not reports:
+        raise VerifyError("no bundles found (looked for bundles/*/configs/metadata.json)")
+    text = "\n".join(r.summary() for r in reports)
+    bad = [r.bundle for r in reports if not r.ok]
+    if bad:
+        raise VerifyError(f"{text}\n{len(bad)} of {len(reports)} bundle(s) failed: {', '.join(bad)}")
+    return f"{text}\nall {len(reports)} bundle(s) passed"

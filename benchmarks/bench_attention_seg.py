@@ -188,7 +188,7 @@ def inference_memory(out: Path, ckpt_dir: Path, args: argparse.Namespace) -> dic
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("/tmp/abd_bench"))
-    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--epochs", type=int, default=50)
     ap.add_argument("--channels", type=lambda s: [int(v) for v in s.split(",")], default=[8, 16, 32, 64])
     ap.add_argument("--patch_size", type=lambda s: [int(v) for v in s.split(",")], default=[48, 48, 32])
     ap.add_argument("--lr", type=float, default=0.005)

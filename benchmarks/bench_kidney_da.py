@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         times["dann_s"] = _json(out / "eval_dann" / "adapt_time.json")["train_time_s"]
     times_file.write_text(json.dumps(times, indent=2))
     if "evaluate" in stages:
-        ckpts = {"source_only": str(pretrained), "adapted": str(out / "models_adapted" / "model.pt"),
+        ckpts = {"source_only": str(pretrained), "source_only_aligned": str(pretrained),
+                 "adapted": str(out / "models_adapted" / "model.pt"),
                  "dann": str(out / "models_dann" / "model.pt"), "oracle": str(models / "oracle.pt")}
         _run(["train.json", "evaluate.json"], out / "evaluate.log", **common, ckpt_dir=models,
              output_dir=out / "eval", checkpoints=ckpts)
@@ -119,7 +120,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"no {out / 'eval' / 'metrics.json'} yet; run the evaluate stage. Times so far: {times}")
         return {}
     metrics = _json(out / "eval" / "metrics.json")
-    d = {k: metrics.get(f"target_mean_dice_kidney_{k}") for k in ("source_only", "adapted", "dann", "oracle")}
+    d = {k: metrics.get(f"target_mean_dice_kidney_{k}")
+         for k in ("source_only", "source_only_aligned", "adapted", "dann", "oracle")}
     peak_rss_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
     adapt_s, oracle_s, pre_s = times.get("adapt_s"), times.get("oracle_to_best_s"), times.get("pretrain_s")
     ratio = d["adapted"] / d["oracle"] if d["adapted"] is not None and d["oracle"] else None
@@ -127,8 +129,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     speedup_pre = oracle_s / (adapt_s + pre_s) if oracle_s and adapt_s and pre_s else None
     print("\n| method | target kidney Dice | / oracle | training time (s) |")
     print("|---|---|---|---|")
-    for name, t in (("source_only", pre_s), ("adapted", adapt_s), ("dann", times.get("dann_s")),
-                    ("oracle", oracle_s)):
+    for name, t in (("source_only", pre_s), ("source_only_aligned", 0.0), ("adapted", adapt_s),
+                    ("dann", times.get("dann_s")), ("oracle", oracle_s)):
         if d[name] is not None:
             rel = d[name] / d["oracle"] if d["oracle"] else float("nan")
             print(f"| {name} | {d[name]:.4f} | {rel:.3f} | {t if t is not None else float('nan'):.1f} |")
@@ -141,6 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "dice_source_only": d["source_only"],
         "dice_adapted": d["adapted"],
         "dice_dann": d["dann"],
+        "dice_source_only_aligned": d["source_only_aligned"],
         "dice_oracle": d["oracle"],
         "dice_ratio": ratio,
         "speedup": speedup,

@@ -75,3 +75,29 @@ def test_target_dice_evaluation_side_by_side(tmp_path: Path) -> None:
     assert (tmp_path / "per_case_dice.csv").is_file() and (tmp_path / "dice_per_case.png").is_file()
     with pytest.raises(ConfigError, match="without 'label'"):
         TargetDiceEvaluation(net, {}, [{"image": "x"}], None, None, "cpu", tmp_path)
+
+
+def test_intensity_alignment_undoes_a_linear_scanner_shift(tiny: Path, tmp_path: Path) -> None:
+    import json
+
+    import nibabel as nib
+    import numpy as np
+
+    from tlk_components.adaptation.intensity import IntensityAlignd, ensure_alignment
+
+    src = kidney.amos22_datalist(kidney.source_dir(tiny))
+    shifted = []
+    for i, item in enumerate(src):  # the same anatomy, reconstructed as 1.2 x HU + 40
+        img = nib.load(item["image"])
+        arr = np.asarray(img.dataobj, dtype=np.float32)
+        out = tmp_path / f"t{i}.nii.gz"
+        nib.save(nib.Nifti1Image(np.where(arr > -500, arr * 1.2 + 40, arr), img.affine), out)
+        shifted.append({"image": str(out)})
+    path = ensure_alignment(tmp_path / "align.json", src, shifted)
+    params = json.loads(Path(path).read_text())
+    assert params["scale"] == pytest.approx(1 / 1.2, rel=0.02) and params["shift"] == pytest.approx(-40 / 1.2, abs=3)
+    x = IntensityAlignd("image", params_file=path)({"image": torch.tensor([160.0])})["image"]
+    assert float(x) == pytest.approx(100.0, abs=3)
+    assert json.loads(Path(ensure_alignment(tmp_path / "off.json", src, shifted, enabled=False)).read_text())["scale"] == 1
+    with pytest.raises(ConfigError, match="unreadable"):
+        IntensityAlignd("image", params_file=tmp_path / "missing.json")

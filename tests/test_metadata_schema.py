@@ -33,7 +33,11 @@ def test_readme_performance_equals_eval_metrics(bundle):
     assert metrics, "eval_metrics is empty"
     for key, value in metrics.items():
         assert key in rows, f"docs/README.md '## Performance' lacks the row '| {key} | {value} |'"
-        assert float(rows[key]) == float(value), f"{key}: README {rows[key]} != metadata.json {value}"
+        try:
+            shown = float(rows[key])
+        except ValueError:
+            pytest.fail(f"docs/README.md row '{key}' holds {rows[key]!r}, not a number (metadata.json says {value})")
+        assert shown == float(value), f"{key}: README {rows[key]} != metadata.json {value}"
 
 
 @pytest.mark.parametrize("bundle", sorted(BUNDLES))

@@ -62,7 +62,8 @@ def _overrides(data: Path, out: Path, batch_size: int, finalize: list[str]) -> l
 
 
 def _run(cmd: list[str], cwd: Path) -> str:
-    env = dict(os.environ, TLK_NUM_THREADS="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    # CPU processes with gloo even on a GPU machine (two ranks must not share one GPU)
+    env = dict(os.environ, TLK_NUM_THREADS="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(cmd)}\nexit {proc.returncode}\n{out[-6000:]}"

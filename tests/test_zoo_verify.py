@@ -76,13 +76,19 @@ def test_ill_missing_config_keys(tmp_path):
         del cfg["validate"]["evaluator"], cfg["epochs"], cfg["train"]["trainer"]["max_epochs"]
         cfg["initialize"] = ["$monai.utils.set_determinism(seed=0)"]
 
+    def rename_net(cfg):
+        cfg.pop("input_dir"), cfg.pop("inferer")
+        cfg["network_definition"] = cfg.pop("network_def")
+
     _edit_json(b / "configs" / "train.json", drop)
-    _edit_json(b / "configs" / "inference.json", lambda c: c.pop("input_dir"))
+    _edit_json(b / "configs" / "inference.json", rename_net)
     text = _problems(verify_bundle(b, checks=["config_keys"]), "config_keys")
     assert "configs/train.json: key 'validate#evaluator' missing" in text
     assert "'train#trainer#max_epochs' or 'epochs'" in text
     assert "configure_threads" in text
     assert "configs/inference.json: key 'input_dir' missing" in text
+    assert "configs/inference.json: key 'inferer' or 'evaluator' or 'predictor' missing" in text
+    assert "configs/inference.json: no 'network_def' (or 'network_def_<name>' per network)" in text
 
 
 def test_ill_override_files_must_only_override(tmp_path):
@@ -92,12 +98,18 @@ def test_ill_override_files_must_only_override(tmp_path):
         json.dumps({"train": train["train"], "device": train["device"], "validate#handlerz#0": {}})
     )
     (b / "configs" / "multi_gpu_train.json").write_text(json.dumps({"epochs": 2}))
-    text = _problems(verify_bundle(b, checks=["overrides"]), "overrides")
+    report = verify_bundle(b, checks=["overrides"])
+    text = _problems(report, "overrides")
     assert "redefines the whole 'train' section" in text
-    assert "'device' repeats train.json unchanged" in text
+    assert "'device' repeats train.json unchanged" in "\n".join(report["overrides"].warnings)  # advice only
     assert "'validate#handlerz#0' overrides inside 'validate#handlerz'" in text
     assert "no init_distributed / init_process_group" in text
     assert "no DistributedDataParallel" in text and "no DistributedSampler / num_replicas" in text
+    # an engine that shards its data itself is switched on with a '#distributed' override
+    mg = json.loads((b / "configs" / "multi_gpu_train.json").read_text())
+    _edit_json(b / "configs" / "multi_gpu_train.json", lambda c: c.update({"train#trainer#distributed": True}))
+    assert "no DistributedSampler" not in _problems(verify_bundle(b, checks=["overrides"]), "overrides")
+    assert mg == {"epochs": 2}
 
 
 def test_ill_bundle_local_scripts(tmp_path):
@@ -147,6 +159,31 @@ def test_ill_torchscript_stale_or_mismatched_weights(tmp_path):
     torch.save(wrong.state_dict(), b / "models" / "model.pt")
     r = verify_bundle(b, checks=["torchscript"])
     assert "models/model.pt does not fit network_def" in _problems(r, "torchscript")
+
+
+def test_every_network_of_a_multi_network_bundle_is_checked(tmp_path):
+    b = make_fake_bundle(tmp_path)
+
+    def two_nets(cfg):
+        net = cfg.pop("network_def")
+        cfg["network_def_view0"] = net
+        cfg["network_def_view1"] = dict(net, hidden_channels=[6])
+
+    for name in ("train.json", "inference.json"):
+        _edit_json(b / "configs" / name, two_nets)
+    (b / "models").mkdir()
+    trained = monai.networks.nets.FullyConnectedNet(in_channels=4, out_channels=3, hidden_channels=[6])
+    torch.save(trained.state_dict(), b / "models" / "model_view1.pt")
+    r = verify_bundle(b, checks=["config_keys", "net_in_out", "torchscript"])
+    assert r.ok, r.summary()
+    assert "network_def_view0, network_def_view1" in r["net_in_out"].detail
+    detail = r["torchscript"].detail
+    assert "network_def_view0 scripted from random initialisation (no models/model_view0.pt)" in detail
+    assert "network_def_view1 scripted from models/model_view1.pt" in detail
+    _edit_json(b / "configs" / "inference.json", lambda c: c["network_def_view1"].update(out_channels=7))
+    r = verify_bundle(b, checks=["net_in_out", "torchscript"])
+    assert "verify_net_in_out(network_def_view1)" in _problems(r, "net_in_out")
+    assert "models/model_view1.pt does not fit network_def_view1" in _problems(r, "torchscript")
 
 
 def test_ill_unknown_bundle_and_check(tmp_path):

@@ -92,6 +92,9 @@ OPTIONAL_COMMANDS: dict[str, str] = {
     "package": "tlk_components.zoo.package:package_cmd",
     "download": "tlk_components.zoo.download:download_cmd",
     "kidney_demo": "tlk_components.adaptation.demo:run_demo",
+    "convert_kits19": "tlk_components.data.convert:convert_kits19",
+    "convert_amos22": "tlk_components.data.convert:convert_amos22",
+    "plan": "tlk_components.data.plan:plan",
 }
 
 

@@ -240,6 +240,8 @@ class TargetDiceEvaluation:
         output_dir: where ``metrics.json``, ``per_case_dice.csv`` and ``dice_per_case.png`` go.
         metric_prefix: metrics are named ``<prefix>_<model name>`` (default ``target_mean_dice_kidney``).
         mirror_axes: spatial axes flipped for test-time augmentation (default none).
+        model_transforms: model name -> preprocessing used for that model instead of ``transforms`` (e.g. the
+            adapted model with the target intensity alignment it was adapted with).
 
     Raises:
         ConfigError: no checkpoint exists, or the datalist is empty or lacks labels.
@@ -256,6 +258,7 @@ class TargetDiceEvaluation:
         output_dir: str | os.PathLike,
         metric_prefix: str = "target_mean_dice_kidney",
         mirror_axes: Sequence[int] = (),
+        model_transforms: Mapping[str, Any] | None = None,
     ) -> None:
         if not datalist or any("label" not in d for d in datalist):
             raise ConfigError("TargetDiceEvaluation: the target datalist is empty or has items without 'label'")
@@ -268,6 +271,7 @@ class TargetDiceEvaluation:
         self.output_dir = Path(output_dir)
         self.metric_prefix = metric_prefix
         self.mirror_axes = [int(a) for a in mirror_axes]
+        self.model_transforms = dict(model_transforms or {})
 
     def _predict(self, x: torch.Tensor) -> torch.Tensor:
         probs = torch.softmax(self.inferer(x, self.network), 1)
@@ -275,11 +279,12 @@ class TargetDiceEvaluation:
             probs = probs + torch.softmax(self.inferer(x.flip(ax + 2), self.network), 1).flip(ax + 2)
         return probs.argmax(1, keepdim=True)
 
-    def evaluate(self, path: str | os.PathLike) -> list[float]:
+    def evaluate(self, path: str | os.PathLike, transforms: Any = None) -> list[float]:
         """Per-case kidney Dice of the weights at ``path`` (same order as the datalist)."""
         self.network.load_state_dict(load_weights(path, map_location=self.device))
         self.network.eval()
-        loader = DataLoader(Dataset(self.datalist, self.transforms), batch_size=1, num_workers=0)
+        tf = transforms if transforms is not None else self.transforms
+        loader = DataLoader(Dataset(self.datalist, tf), batch_size=1, num_workers=0)
         scores = []
         with torch.no_grad():
             for batch in tqdm(loader, desc=f"evaluate {Path(path).name}", leave=False):
@@ -298,7 +303,7 @@ class TargetDiceEvaluation:
                 f"no checkpoint to evaluate: none of {list(self.checkpoints.values())} exists; run pretrain.json "
                 "and train.json first (or pass --ckpt_dir)"
             )
-        per_model = {name: self.evaluate(path) for name, path in present.items()}
+        per_model = {name: self.evaluate(path, self.model_transforms.get(name)) for name, path in present.items()}
         cases = [_case_name(d, i) for i, d in enumerate(self.datalist)]
         metrics: dict[str, Any] = {f"{self.metric_prefix}_{k}": float(np.mean(v)) for k, v in per_model.items()}
         metrics["per_case"] = {k: dict(zip(cases, v, strict=True)) for k, v in per_model.items()}

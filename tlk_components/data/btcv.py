@@ -183,8 +183,10 @@ def msd_pairs(dataset_dir: str | os.PathLike, keys: tuple[str, ...] = ("training
             if isinstance(entry, str):
                 entry = {"image": entry}
             if not isinstance(entry, dict) or "image" not in entry:
-                raise DatasetError(f"{base / 'dataset.json'}: {key}[{i}] has no 'image' entry; expected "
-                                   '{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}')
+                raise DatasetError(
+                    f"{base / 'dataset.json'}: {key}[{i}] has no 'image' entry; expected "
+                    '{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}'
+                )
             label = _resolve(base, entry["label"]) if entry.get("label") else None
             pairs.append(CasePair(_case_id(entry["image"]), _resolve(base, entry["image"]), label))
     return pairs
@@ -261,7 +263,7 @@ def label_names(dataset_dir: str | os.PathLike) -> dict[int, str]:
         return dict(BTCV_CLASS_NAMES)
     labels = read_dataset_json(base).get("labels")
     if not isinstance(labels, dict) or not labels:
-        raise DatasetError(f"{base / 'dataset.json'}: no 'labels' mapping; expected e.g. {{\"0\": \"background\"}}")
+        raise DatasetError(f'{base / "dataset.json"}: no \'labels\' mapping; expected e.g. {{"0": "background"}}')
     try:
         return {int(k): str(v) for k, v in labels.items()}
     except ValueError:
@@ -289,8 +291,11 @@ def verify_dataset(dataset_dir: str | os.PathLike) -> DatasetReport:
         the :class:`DatasetReport` (``report.raise_if_bad()`` raises with every problem).
     """
     base = Path(dataset_dir)
-    report = DatasetReport(str(base), fix="repair or remove the listed cases, or regenerate the demo with "
-                           "`python -m tlk_components prepare_demo abdomen_ct_attention_segmentation DIR`")
+    report = DatasetReport(
+        str(base),
+        fix="repair or remove the listed cases, or regenerate the demo with "
+        "`python -m tlk_components prepare_demo abdomen_ct_attention_segmentation DIR`",
+    )
     if not base.is_dir():
         report.add(str(base), "dataset folder does not exist; pass --dataset_dir with the BTCV or MSD layout")
         return report

@@ -179,8 +179,13 @@ def convert_kits19(kits_dir: str, out_dir: str, label_strategy: str = "kidney") 
             case / "imaging.nii.gz", seg if labelled else None, out, case.name, tumour_to_kidney
         )
         (training if labelled else test).append(case.name)
-    conv = {"source_layout": "kits19", "label_strategy": label_strategy, "tumour": "merged into kidney",
-            "orientation": "RAS", "cases": records}
+    conv = {
+        "source_layout": "kits19",
+        "label_strategy": label_strategy,
+        "tumour": "merged into kidney",
+        "orientation": "RAS",
+        "cases": records,
+    }
     _dataset_json(out, "KiTS19-kidney", {0: "background", 1: "kidney"}, training, test, conv)
     return str(out)
 
@@ -217,8 +222,13 @@ def convert_amos22(amos_dir: str, out_dir: str, label_strategy: str = "amos15") 
         case = img.name.split(".nii")[0].removesuffix("_0000")
         records[case] = _write_case(img, base / "labelsTr" / img.name, out, case, label_map)
         training.append(case)
-    conv = {"source_layout": "amos22", "label_strategy": label_strategy, "orientation": "RAS", "cases": records,
-            "source_labels": read_dataset_json(base).get("labels", {})}
+    conv = {
+        "source_layout": "amos22",
+        "label_strategy": label_strategy,
+        "orientation": "RAS",
+        "cases": records,
+        "source_labels": read_dataset_json(base).get("labels", {}),
+    }
     _dataset_json(out, f"AMOS22-{label_strategy}", labels, training, [], conv)
     return str(out)
 
@@ -241,8 +251,10 @@ def restore_prediction(pred_file: str, converted_dir: str, out_file: str, case: 
     records = read_dataset_json(converted_dir).get("tlk_conversion", {}).get("cases", {})
     name = case or Path(pred_file).name.split(".nii")[0].removesuffix("_seg")
     if name not in records:
-        raise DatasetError(f"case {name!r} has no orientation record in {converted_dir}/dataset.json; "
-                           f"known cases: {sorted(records)[:5]}...; pass case=...")
+        raise DatasetError(
+            f"case {name!r} has no orientation record in {converted_dir}/dataset.json; "
+            f"known cases: {sorted(records)[:5]}...; pass case=..."
+        )
     img, data = load_nifti(pred_file)
     save_nifti(from_ras(np.asarray(data), records[name], header=img.header), out_file)
     return str(out_file)

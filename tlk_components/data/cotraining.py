@@ -20,10 +20,11 @@ With the notebook's 4,303 samples: 3,227 unlabelled, 754 train, 107 validation, 
 of sample indices into one aligned sample table, so the two views can never drift apart.
 
 Demo data (``write_demo``): scikit-learn's 8x8 handwritten digits (1,797 real scans, shipped with the package,
-BSD-3 licence) split into two complementary views of each digit: view 0 is the left half of the digit and view 1
-the right half, each upsampled x2 and written as an 8-bit PNG of 16x8 pixels. Each half alone identifies most
-digits; together they see every pixel exactly once and no pixel is shared, so a model on one view makes
-mistakes the other can correct: the condition co-training relies on (Blum & Mitchell, 1998).
+BSD-3 licence) split into two complementary views of each digit, as if seen by two sensors: view 0 is the left
+half of the digit and view 1 the right half, each with its own independent Gaussian pixel noise (sd 3 on the
+0..16 scale), upsampled x2 and written as an 8-bit PNG of 16x8 pixels. Each half alone identifies most digits; the
+views share no pixel and no noise, so given the class their errors are close to independent and a model on one
+view makes mistakes the other can correct: the condition co-training relies on (Blum & Mitchell, 1998).
 """
 
 from __future__ import annotations
@@ -411,33 +412,50 @@ def load_splits(
 # ----------------------------------------------------------------------------------------------------- demo
 
 
-def digit_views(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+DEMO_NOISE = 3.0
+
+
+def digit_views(
+    image: np.ndarray, rng: np.random.Generator | None = None, noise: float = DEMO_NOISE
+) -> tuple[np.ndarray, np.ndarray]:
     """Two complementary views of one 8x8 digit (values 0..16): left half and right half, each 16x8 uint8.
+
+    Each half gets its own Gaussian pixel noise (standard deviation ``noise`` on the 0..16 scale, drawn from
+    ``rng``), is clipped to [0, 16], scaled to [0, 255] and upsampled x2 by pixel repetition.
 
     Args:
         image: shape ``8, 8``, scikit-learn's digit intensities in [0, 16].
+        rng: noise generator; None or ``noise=0`` gives noise-free halves.
+        noise: noise standard deviation, >= 0 (default 3.0).
 
     Returns:
-        ``(view0, view1)``, each of shape ``16, 8`` (rows, columns), nearest-neighbour upsampled x2, in [0, 255].
+        ``(view0, view1)``, each of shape ``16, 8`` (rows, columns), in [0, 255].
     """
-    img = np.clip(np.asarray(image, dtype=np.float64) * (255.0 / 16.0), 0, 255).round().astype(np.uint8)
-    up = img.repeat(2, axis=0).repeat(2, axis=1)
-    return up[:, :8].copy(), up[:, 8:].copy()
+    img = np.asarray(image, dtype=np.float64)
+    halves = [img[:, :4], img[:, 4:]]
+    if rng is not None and noise > 0:
+        halves = [h + rng.normal(0.0, noise, h.shape) for h in halves]
+    out = []
+    for h in halves:
+        h8 = np.clip(h * (255.0 / 16.0), 0, 255).round().astype(np.uint8)
+        out.append(h8.repeat(2, axis=0).repeat(2, axis=1))
+    return out[0], out[1]
 
 
 def write_demo(
     out_dir: str | os.PathLike,
     size: str = "demo",
     seed: int = 0,
-    views: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] = digit_views,
+    views: Callable[..., tuple[np.ndarray, np.ndarray]] = digit_views,
 ) -> Path:
     """Write the two-view digits dataset (module docstring) into ``out_dir``: PNG trees, ``samples.csv``, class map.
 
     Args:
         out_dir: output folder (created).
         size: ``"demo"`` (all 1,797 digits) or ``"tiny"`` (12 per class, 120 digits, for tests).
-        seed: selects which digits form the tiny set (the demo set is every digit); same seed, same files.
-        views: ``8x8 image -> (view0, view1)`` uint8 arrays; default :func:`digit_views`.
+        seed: seeds the view noise and which digits form the tiny set (the demo set is every digit); same seed,
+            same files.
+        views: ``(8x8 image, rng) -> (view0, view1)`` uint8 arrays; default :func:`digit_views`.
 
     Returns:
         ``out_dir``.
@@ -450,15 +468,15 @@ def write_demo(
     digits = load_digits()
     images, targets = digits.images, digits.target.astype(int)
     idx = np.arange(len(targets))
+    rng = np.random.default_rng(seed)
     if size == "tiny":
-        rng = np.random.default_rng(seed)
         idx = np.sort(np.concatenate([rng.choice(np.flatnonzero(targets == c), 12, replace=False) for c in range(10)]))
     out = Path(out_dir)
     rows = ["view0,view1,label"]
     for i in idx:
         cls = str(targets[i])
         name = f"digit_{i:05d}.png"
-        for v, arr in zip(VIEW_DIRS, views(images[i]), strict=True):
+        for v, arr in zip(VIEW_DIRS, views(images[i], rng), strict=True):
             path = out / v / cls / name
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(arr).save(path)

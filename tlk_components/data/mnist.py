@@ -109,7 +109,14 @@ def _read_bytes(path: Path) -> bytes:
         return path.read_bytes()
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found; {_FIX_FILES}") from None
-    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
+    except OSError as e:
+        if path.suffix != ".gz" or isinstance(e, IsADirectoryError | PermissionError):
+            raise DatasetError(f"{path}: cannot be read ({type(e).__name__}: {e}); check the path and permissions") from None
+        raise DatasetError(
+            f"{path}: damaged gzip file ({type(e).__name__}: {e}); it is truncated or not gzip data. "
+            "Download it again (or decompress it and keep the plain file)."
+        ) from None
+    except (EOFError, zlib.error) as e:
         raise DatasetError(
             f"{path}: damaged gzip file ({type(e).__name__}: {e}); it is truncated or not gzip data. "
             "Download it again (or decompress it and keep the plain file)."

@@ -349,7 +349,8 @@ class _Canvas:
         """
         semi = np.asarray(semi, dtype=float) * scale
         amp = self.jitter_amp if jitter is None else jitter
-        reach = semi.max() * (1.0 + amp + 0.05) if rot is not None else semi * (1.0 + amp + 0.05)
+        grow = math.sqrt(1.0 + 4.0 * amp) + 0.05  # the deformation field rarely exceeds 4 std
+        reach = semi.max() * grow if rot is not None else semi * grow
         reach = np.broadcast_to(reach, (3,))
         box = []
         for ax, c, r in zip(self.axes, center, reach, strict=True):
@@ -528,11 +529,18 @@ def generate_phantom(
         local = np.array([side * math.cos(theta) * math.cos(phi), math.sin(theta) * math.cos(phi), math.sin(phi)])
         surface = c + rot @ (local * s * 0.85)
         radius = rng.uniform(*style.tumour_radius_mm)
-        paint(canvas.ellipsoid(surface, np.full(3, radius), jitter=style.shape_jitter * 0.5), hu["tumour"],
-              _ID[name + "_tumour"])
+        paint(
+            canvas.ellipsoid(surface, np.full(3, radius), jitter=style.shape_jitter * 0.5),
+            hu["tumour"],
+            _ID[name + "_tumour"],
+        )
 
     # small structures and vessels on top
-    for name, tissue_name in (("right_adrenal", "adrenal"), ("left_adrenal", "adrenal"), ("portal_vein", "portal_vein")):
+    for name, tissue_name in (
+        ("right_adrenal", "adrenal"),
+        ("left_adrenal", "adrenal"),
+        ("portal_vein", "portal_vein"),
+    ):
         c, s, rot = geo[name]
         paint(canvas.ellipsoid(c, s, rot, jitter=style.shape_jitter * 0.5), hu[tissue_name], _ID[name])
     c, s, _ = geo["esophagus"]

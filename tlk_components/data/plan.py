@@ -217,8 +217,11 @@ def _domain_lists(dataset_dir: Path, source_dir: str | None, target_dir: str | N
     if kidney.detect_layout(src) == "kits19":
         source_list = kidney.kits19_datalist(src, split="train")
     else:
-        source_list = btcv_datalist(src, split="all") if not (src / "dataset.json").is_file() else \
-            kidney.amos22_datalist(src, split="all")
+        source_list = (
+            btcv_datalist(src, split="all")
+            if not (src / "dataset.json").is_file()
+            else kidney.amos22_datalist(src, split="all")
+        )
     target_list = None
     if tgt is not None:
         if kidney.detect_layout(tgt) == "kits19":

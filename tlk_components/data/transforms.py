@@ -90,8 +90,9 @@ class CTNormalized(MapTransform):
         else:
             missing = [k for k, v in given.items() if v is None]
             if missing:
-                raise ConfigError(f"CTNormalized: {missing} not given; pass plans_file=... or all of "
-                                  "clip_low, clip_high, mean, std")
+                raise ConfigError(
+                    f"CTNormalized: {missing} not given; pass plans_file=... or all of clip_low, clip_high, mean, std"
+                )
             values = {k: float(v) for k, v in given.items()}  # type: ignore[arg-type]
         if not values["std"] > 0:
             raise ConfigError(f"CTNormalized: std={values['std']}: expected > 0")
@@ -149,8 +150,10 @@ class KidneyFromAmosd(MapTransform):
         axis = 1 if self.batched else 0
         n = scores.shape[axis]
         if max(self.kidney_channels) >= n:
-            raise ConfigError(f"KidneyFromAmosd: kidney channel {max(self.kidney_channels)} >= the {n} channels of "
-                              "the prediction; the network must output the AMOS classes (16 channels)")
+            raise ConfigError(
+                f"KidneyFromAmosd: kidney channel {max(self.kidney_channels)} >= the {n} channels of "
+                "the prediction; the network must output the AMOS classes (16 channels)"
+            )
         others = [c for c in range(n) if c not in self.kidney_channels]
         kid = scores.index_select(axis, torch.as_tensor(self.kidney_channels, device=scores.device)).amax(axis)
         bg = scores.index_select(axis, torch.as_tensor(others, device=scores.device)).amax(axis)

@@ -217,8 +217,11 @@ def plot_cotraining_log(history: Sequence[Mapping[str, Any]], path: str | os.Pat
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for a in (ax, ax2):
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
     its = [h["iteration"] for h in history]
     for key, label in (
         ("val_accuracy_view0", "model 0 (view 0)"),

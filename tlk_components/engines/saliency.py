@@ -320,7 +320,8 @@ def _overlay_png(ct: np.ndarray, maps: Sequence[np.ndarray], titles: Sequence[st
         m_slice = m[..., z] if m.ndim == 3 else m
         ax.imshow(np.rot90(ct_slice), cmap="gray", vmin=vmin, vmax=vmax)
         ax.imshow(np.rot90(m_slice), cmap="jet", alpha=0.45 * (np.rot90(m_slice) > 0.05), vmin=0, vmax=1)
-        ax.set_title(f"{title} (slice {z})", fontsize=9)
+        note = f"slice {z}" if float(m.max()) > 0 else "not predicted"
+        ax.set_title(f"{title.replace('_', ' ')}\n({note})", fontsize=8)
     fig.suptitle(suptitle, fontsize=10)
     return save_figure(fig, path)
 

@@ -338,7 +338,11 @@ def _extract_members(zf: zipfile.ZipFile, dest: Path) -> None:
 
 
 def extract_bundle(
-    archive: str | os.PathLike | IO[bytes], dir: str | os.PathLike, name: str, expected_version: str | None = None
+    archive: str | os.PathLike | IO[bytes],
+    dir: str | os.PathLike,
+    name: str,
+    expected_version: str | None = None,
+    label: str | None = None,
 ) -> Path:
     """Extract a bundle zip into ``dir/name`` atomically (checks first; temp folder in ``dir``, then rename).
 
@@ -347,6 +351,7 @@ def extract_bundle(
         dir: parent folder of the bundle (created).
         name: bundle name = the archive's top folder.
         expected_version: when given, ``configs/metadata.json``'s version must equal it.
+        label: how the archive is named in messages (default: its path).
 
     Returns:
         ``dir/name``.
@@ -358,7 +363,7 @@ def extract_bundle(
     dir_ = Path(dir)
     dir_.mkdir(parents=True, exist_ok=True)
     final = dir_ / name
-    label = getattr(archive, "name", archive)
+    label = label or str(getattr(archive, "name", archive))
     tmp = Path(tempfile.mkdtemp(dir=dir_, prefix=f".{name}.extract-"))
     try:
         try:
@@ -486,7 +491,7 @@ def download_bundle(
                 f"sha256 of {url} is {digest}, but the index says {expected}: the file is corrupt or was replaced. "
                 f"Nothing was extracted{' and the existing copy was kept' if (dest / entry['name']).exists() else ''}."
             )
-        return extract_bundle(f, dest, entry["name"], expected_version=entry["version"])
+        return extract_bundle(f, dest, entry["name"], expected_version=entry["version"], label=url)
 
 
 def download_cmd(name: str, index: str, dir: str, version: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> str:

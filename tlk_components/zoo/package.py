@@ -220,7 +220,7 @@ def package_bundle(
         with _locked(out):
             index = read_index(index_path)
             old = index.get(key)
-            if old is not None and old.get("sha256") not in (None, digest):
+            if old is not None and old.get("sha256") != digest:
                 changelog = meta.get("changelog", {})
                 raise PackageError(
                     f"{key} is already released in {index_path} with sha256 {old.get('sha256')} and the bundle's "

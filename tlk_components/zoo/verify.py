@@ -8,15 +8,19 @@ Checks (each named in the report; a failed check lists what to fix):
   docs/README.md.
 * ``config_keys`` — the keys MONAI's ``TrainProperties``/``InferProperties`` and the zoo's naming rules expect
   (bundles/README.md), and ``configure_threads`` in every ``initialize``.
-* ``overrides`` — ``evaluate.json`` and ``multi_gpu_train.json`` hold only overrides of ``train.json`` (no forked
-  copies of ``train``/``validate``, no unchanged duplicates, no ids whose parent does not exist).
+* ``overrides`` — ``evaluate.json`` and ``multi_gpu_train.json`` hold only overrides of ``train.json``: no forked
+  copy of ``train``/``validate``, no id whose parent ``train.json`` lacks (a typo); an unchanged duplicate is a
+  warning. ``multi_gpu_train.json`` initialises the process group, wraps the network in DDP and shards the data.
 * ``portable`` — no bundle-local ``scripts/`` and no ``_target_: scripts.*`` (the bundle runs from any directory).
 * ``readme_metrics`` — every ``eval_metrics`` key has a ``| <key> | <value> |`` row under ``## Performance`` in
   docs/README.md with the same value.
 * ``net_in_out`` — MONAI's ``verify_net_in_out`` on ``inference.json`` (fake input from ``network_data_format``).
 * ``torchscript`` — MONAI's ``ckpt_export`` (weights from ``models/model.pt``, else a random initialisation saved to
   a temporary file), reloaded with ``torch.jit.load`` and compared with the eager network on the same input;
-  a shipped ``models/model.ts`` is compared too.
+  a shipped ``models/model.ts`` is compared too. Scripting is tried first, tracing second.
+
+The network checks run for ``network_def`` and for each ``network_def_<name>`` of a multi-network bundle (weights
+``models/model_<name>.pt``, TorchScript ``models/model_<name>.ts``).
 
 Everything is driven by the bundle's files; adding a bundle under ``bundles/`` is enough for ``verify --all``.
 """
@@ -32,6 +36,7 @@ import os
 import re
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,31 +74,31 @@ REQUIRED_FILES: tuple[str, ...] = (
     "docs/README.md",
 )
 
-#: Keys of train.json (nested ids use ``#``); tuples are alternatives (one of them must exist).
+#: Marks the network key: ``network_def``, or ``network_def_<name>`` for each network of a multi-network bundle.
+NETWORK_KEY = "network_def*"
+
+#: Keys of train.json (nested ids use ``#``); tuples are alternatives (one of them must exist). Bundles whose
+#: engine builds its own data loaders (e.g. co-training) need no ``train#dataset``, so it is not required.
 TRAIN_KEYS: tuple[str | tuple[str, ...], ...] = (
     "bundle_root",
     "device",
     "dataset_dir",
     "output_dir",
-    "network_def",
-    "train#dataset",
-    "train#handlers",
+    NETWORK_KEY,
     "train#trainer",
     ("train#trainer#max_epochs", "epochs"),
-    "validate#dataset",
-    "validate#handlers",
     "validate#evaluator",
     "initialize",
     "run",
 )
 
 #: Keys of inference.json (reference §1.5 plus the ``--input_dir`` of the command-line contract). An engine that
-#: runs the network itself (a detection evaluator) stands in for a separate ``inferer``.
+#: runs the network itself (an evaluator or predictor) stands in for a separate ``inferer``.
 INFERENCE_KEYS: tuple[str | tuple[str, ...], ...] = (
     "bundle_root",
     "device",
-    "network_def",
-    ("inferer", "evaluator"),
+    NETWORK_KEY,
+    ("inferer", "evaluator", "predictor"),
     "input_dir",
     "output_dir",
     "initialize",
@@ -115,9 +120,11 @@ _DIST_MARKERS = (
     (("DistributedDataParallel",), "wrap the network in torch.nn.parallel.DistributedDataParallel"),
     (
         ("DistributedSampler", "num_replicas"),
-        "shard the training data per rank (monai.data.DistributedSampler, or a loader's num_replicas/rank)",
+        "shard the training data per rank (monai.data.DistributedSampler, a loader's num_replicas/rank, or an "
+        "engine's '...#distributed': true)",
     ),
 )
+_SHARDING = _DIST_MARKERS[2][0]
 _ROW = re.compile(r"^\s*\|\s*`?([^|`]+?)`?\s*\|\s*([^|]+?)\s*\|")
 _NON_TENSOR_TYPES = {"object", "dict", "list", "tuple", "boxes"}
 
@@ -133,6 +140,7 @@ class CheckResult:
     Args:
         name: check name (one of :data:`ALL_CHECKS`).
         problems: one line per problem, each saying what to fix; empty when the check passed.
+        warnings: advice that does not fail the check (e.g. an override file repeating a key unchanged).
         skipped: reason the check did not apply (then ``problems`` is empty).
         detail: what was checked, for the report (e.g. ``"max |ts - eager| = 0"``).
         seconds: wall time of the check.
@@ -140,6 +148,7 @@ class CheckResult:
 
     name: str
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     skipped: str = ""
     detail: str = ""
     seconds: float = 0.0
@@ -157,7 +166,9 @@ class CheckResult:
             status = "ok"
         note = self.skipped or self.detail
         text = f"  [{status:4s}] {self.name}" + (f" — {note}" if note else "")
-        return "\n".join([text, *(f"         - {p}" for p in self.problems)])
+        return "\n".join(
+            [text, *(f"         - {p}" for p in self.problems), *(f"         ! {w}" for w in self.warnings)]
+        )
 
 
 @dataclass
@@ -305,17 +316,36 @@ def _max_abs_diff(a: Any, b: Any, path: str = "output") -> float:
 
 
 def _short(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:300] if text else ''}"
+    """First line of an error, plus its last line of words when the message is long (e.g. a tracer's verdict)."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if re.search(r"[A-Za-z]{3}", ln)]
+    text = lines[0][:300] if lines else ""
+    if len(lines) > 1:
+        text += f" … {lines[-1][:300]}"
+    return f"{type(e).__name__}: {text}"
+
+
+def _network_ids(config: dict[str, Any]) -> list[str]:
+    """``network_def`` and every ``network_def_<name>`` at the top level of a config, sorted."""
+    return sorted(k for k in config if k == "network_def" or k.startswith("network_def_"))
+
+
+def _weights_for(path: Path, net_id: str, ext: str) -> Path:
+    """``models/model.<ext>`` for ``network_def``; ``models/model_<name>.<ext>`` for ``network_def_<name>``."""
+    suffix = net_id[len("network_def") :]
+    return path / "models" / f"model{suffix}.{ext}"
 
 
 @contextlib.contextmanager
 def _quiet() -> Any:
-    """Silence MONAI's input-summary logging and stdout prints during in-process checks."""
+    """Silence MONAI's input-summary logging, stdout prints and tracer warnings during in-process checks.
+
+    Failures are not hidden: they raise, and the checks turn them into problems.
+    """
     level = logging.root.manager.disable
     logging.disable(logging.INFO)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             yield
     finally:
         logging.disable(level)
@@ -351,6 +381,13 @@ def _missing_keys(config: dict[str, Any], keys: Sequence[str | tuple[str, ...]],
     problems = []
     for key in keys:
         alts = key if isinstance(key, tuple) else (key,)
+        if key == NETWORK_KEY:
+            if not _network_ids(config):
+                problems.append(
+                    f"{rel}: no 'network_def' (or 'network_def_<name>' per network); ckpt_export and "
+                    "verify_net_in_out build the network from it"
+                )
+            continue
         if not any(_lookup(config, k)[0] for k in alts):
             want = " or ".join(f"'{k}'" for k in alts)
             problems.append(f"{rel}: key {want} missing; the zoo's config skeleton (bundles/README.md) requires it")
@@ -401,7 +438,7 @@ def _check_overrides(path: Path, res: CheckResult) -> None:
                 )
                 continue
             if not key.startswith("+") and key in train and train[key] == value:
-                res.problems.append(f"{rel}: '{key}' repeats train.json unchanged; remove it (overrides only)")
+                res.warnings.append(f"{rel}: '{key}' repeats train.json unchanged; remove it (overrides only)")
                 continue
             if len(parts) > 1:
                 parent = "#".join(parts[:-1])
@@ -413,7 +450,13 @@ def _check_overrides(path: Path, res: CheckResult) -> None:
     mg = path / "configs" / "multi_gpu_train.json"
     if mg.is_file():
         text = mg.read_text(encoding="utf-8")
+        try:  # an engine that shards by itself is switched on with an override such as "train#trainer#distributed"
+            engine_shards = any(_split_id(k)[-1] == "distributed" and v is True for k, v in _load_json(mg).items())
+        except (json.JSONDecodeError, AttributeError, IndexError):
+            engine_shards = False
         for needed, fix in _DIST_MARKERS:
+            if needed == _SHARDING and engine_shards:
+                continue
             if not any(n in text for n in needed):
                 res.problems.append(f"configs/multi_gpu_train.json: no {' / '.join(needed)}; {fix}")
 
@@ -487,122 +530,143 @@ def _check_net_in_out(path: Path, res: CheckResult, device: str) -> None:
 
     try:
         meta_p, inf_p, meta = _inference_files(path)
+        net_ids = _network_ids(_load_json(inf_p))
     except (FileNotFoundError, json.JSONDecodeError) as e:
         res.skipped = str(e)
         return
     if not _output_is_tensor(meta):
         res.skipped = "network_data_format declares a non-tensor output; verify_net_in_out checks tensors only"
         return
-    try:
-        with _quiet():
-            verify_net_in_out(
-                net_id="network_def",
-                meta_file=str(meta_p),
-                config_file=str(inf_p),
-                device=device,
-                bundle_root=str(path),
+    if not net_ids:
+        res.skipped = "configs/inference.json defines no network_def (see 'config_keys')"
+        return
+    for net_id in net_ids:
+        try:
+            with _quiet():
+                verify_net_in_out(
+                    net_id=net_id, meta_file=str(meta_p), config_file=str(inf_p), device=device, bundle_root=str(path)
+                )
+        except Exception as e:  # noqa: BLE001 - any failure of the user's network is a finding of this check
+            res.problems.append(
+                f"verify_net_in_out({net_id}) on configs/inference.json: {_short(e)}; make {net_id} accept "
+                "network_data_format.inputs.image and return outputs.pred's channels and dtype"
             )
-        res.detail = "output channels and dtype match network_data_format"
-    except Exception as e:  # noqa: BLE001 - any failure of the user's network is a finding of this check
-        res.problems.append(
-            f"verify_net_in_out on configs/inference.json: {_short(e)}; make network_def accept "
-            "network_data_format.inputs.image and return outputs.pred's channels and dtype"
-        )
+    if not res.problems:
+        res.detail = f"{', '.join(net_ids)}: output channels and dtype match network_data_format"
 
 
-def _parse_network(meta_p: Path, inf_p: Path, path: Path) -> torch.nn.Module:
+def _parse_network(meta_p: Path, inf_p: Path, path: Path, net_id: str) -> torch.nn.Module:
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(str(inf_p))
     parser.read_meta(str(meta_p))
     parser["bundle_root"] = str(path)
-    return parser.get_parsed_content("network_def", instantiate=True)
+    return parser.get_parsed_content(net_id, instantiate=True)
 
 
-def _check_torchscript(path: Path, res: CheckResult, device: str) -> None:
+def _export_and_compare(
+    path: Path, meta_p: Path, inf_p: Path, net_id: str, x: torch.Tensor, res: CheckResult, tmp: Path
+) -> str | None:
+    """ckpt_export one network, reload it, compare with eager; returns a detail string, or None after a problem."""
     from monai.bundle import ckpt_export
 
     try:
+        with _quiet():
+            net = _parse_network(meta_p, inf_p, path, net_id)
+    except Exception as e:  # noqa: BLE001
+        res.problems.append(f"configs/inference.json: {net_id} cannot be built ({_short(e)})")
+        return None
+    trained = _weights_for(path, net_id, "pt")
+    rel = trained.relative_to(path).as_posix()
+    if trained.is_file():
+        ckpt, source = trained, rel
+        try:
+            net.load_state_dict(load_weights(trained))
+        except Exception as e:  # noqa: BLE001
+            res.problems.append(f"{rel} does not fit {net_id}: {_short(e)}; retrain or fix the config")
+            return None
+    else:
+        torch.manual_seed(0)
+        for m in net.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        ckpt, source = tmp / f"{net_id}_random_init.pt", f"random initialisation (no {rel})"
+        atomic_torch_save(net.state_dict(), ckpt)
+    net.eval()
+    ts_path = tmp / f"{net_id}.ts"
+    errors, method = [], ""
+    for use_trace in (False, True):
+        try:
+            with _quiet():
+                ckpt_export(
+                    net_id=net_id,
+                    filepath=str(ts_path),
+                    ckpt_file=str(ckpt),
+                    meta_file=str(meta_p),
+                    config_file=str(inf_p),
+                    use_trace=use_trace,
+                    input_shape=list(x.shape) if use_trace else None,
+                    converter_kwargs={"strict": False} if use_trace else {},
+                    bundle_root=str(path),
+                )
+            method = "traced" if use_trace else "scripted"
+            break
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"{'trace' if use_trace else 'script'}: {_short(e)}")
+    if not method:
+        res.problems.append(
+            f"ckpt_export({net_id}) failed ({'; '.join(errors)}); make the network scriptable, or traceable "
+            "(outputs: tensors, tuples of tensors, or dicts of those)"
+        )
+        return None
+    tol = 1e-4
+    try:
+        ts = torch.jit.load(str(ts_path), map_location="cpu")
+        ts.eval()
+        with torch.no_grad():
+            diff = _max_abs_diff(net(x), ts(x))
+    except Exception as e:  # noqa: BLE001
+        res.problems.append(f"exported TorchScript of {net_id} does not reload or run: {_short(e)}")
+        return None
+    if not diff <= tol:
+        res.problems.append(
+            f"TorchScript of {net_id} differs from eager by {diff:.3g} (> {tol}); check non-determinism"
+        )
+    detail = f"{net_id} {method} from {source}, max |ts - eager| = {diff:.2g}"
+    shipped = _weights_for(path, net_id, "ts")
+    if shipped.is_file():
+        srel = shipped.relative_to(path).as_posix()
+        try:
+            old = torch.jit.load(str(shipped), map_location="cpu")
+            old.eval()
+            with torch.no_grad():
+                d2 = _max_abs_diff(net(x), old(x))
+            if trained.is_file() and not d2 <= tol:
+                res.problems.append(
+                    f"{srel} differs from {rel} by {d2:.3g}; re-export it with `python -m monai.bundle ckpt_export` "
+                    "(it is stale)"
+                )
+            detail += f"; {srel} max diff {d2:.2g}"
+        except Exception as e:  # noqa: BLE001
+            res.problems.append(f"{srel} does not load or run: {_short(e)}; re-export it")
+    return detail
+
+
+def _check_torchscript(path: Path, res: CheckResult, device: str) -> None:
+    try:
         meta_p, inf_p, meta = _inference_files(path)
+        net_ids = _network_ids(_load_json(inf_p))
         x = _fake_input(meta)
     except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         res.skipped = f"cannot build a test input: {_short(e)}"
         return
-    try:
-        with _quiet():
-            net = _parse_network(meta_p, inf_p, path)
-    except Exception as e:  # noqa: BLE001
-        res.problems.append(f"configs/inference.json: network_def cannot be built ({_short(e)})")
+    if not net_ids:
+        res.skipped = "configs/inference.json defines no network_def (see 'config_keys')"
         return
-    trained = path / "models" / "model.pt"
     with tempfile.TemporaryDirectory(prefix="tlk_verify_") as tmp:
-        if trained.is_file():
-            ckpt, source = trained, "models/model.pt"
-            try:
-                net.load_state_dict(load_weights(trained))
-            except Exception as e:  # noqa: BLE001
-                res.problems.append(f"models/model.pt does not fit network_def: {_short(e)}; retrain or fix the config")
-                return
-        else:
-            torch.manual_seed(0)
-            for m in net.modules():
-                if hasattr(m, "reset_parameters"):
-                    m.reset_parameters()
-            ckpt, source = Path(tmp) / "random_init.pt", "random initialisation (no models/model.pt)"
-            atomic_torch_save(net.state_dict(), ckpt)
-        net.eval()
-        ts_path = Path(tmp) / "model.ts"
-        errors = []
-        method = ""
-        for use_trace in (False, True):
-            try:
-                with _quiet():
-                    ckpt_export(
-                        net_id="network_def",
-                        filepath=str(ts_path),
-                        ckpt_file=str(ckpt),
-                        meta_file=str(meta_p),
-                        config_file=str(inf_p),
-                        use_trace=use_trace,
-                        input_shape=list(x.shape) if use_trace else None,
-                        converter_kwargs={"strict": False} if use_trace else {},
-                        bundle_root=str(path),
-                    )
-                method = "traced" if use_trace else "scripted"
-                break
-            except Exception as e:  # noqa: BLE001
-                errors.append(f"{'trace' if use_trace else 'script'}: {_short(e)}")
-        if not method:
-            res.problems.append(f"ckpt_export failed ({'; '.join(errors)}); make network_def scriptable or traceable")
-            return
-        try:
-            ts = torch.jit.load(str(ts_path), map_location="cpu")
-            ts.eval()
-            with torch.no_grad():
-                diff = _max_abs_diff(net(x), ts(x))
-        except Exception as e:  # noqa: BLE001
-            res.problems.append(f"exported TorchScript does not reload or run: {_short(e)}")
-            return
-        tol = 1e-4
-        if not diff <= tol:
-            res.problems.append(f"TorchScript output differs from eager by {diff:.3g} (> {tol}); check non-determinism")
-        res.detail = f"{method} from {source}, max |ts - eager| = {diff:.2g}"
-        shipped = path / "models" / "model.ts"
-        if shipped.is_file():
-            try:
-                old = torch.jit.load(str(shipped), map_location="cpu")
-                old.eval()
-                with torch.no_grad():
-                    d2 = _max_abs_diff(net(x), old(x))
-                if trained.is_file() and not d2 <= tol:
-                    res.problems.append(
-                        f"models/model.ts differs from models/model.pt by {d2:.3g}; re-export it with "
-                        "`python -m monai.bundle ckpt_export` (it is stale)"
-                    )
-                res.detail += f"; models/model.ts max diff {d2:.2g}"
-            except Exception as e:  # noqa: BLE001
-                res.problems.append(f"models/model.ts does not load or run: {_short(e)}; re-export it")
+        details = [_export_and_compare(path, meta_p, inf_p, n, x, res, Path(tmp)) for n in net_ids]
+    res.detail = "; ".join(d for d in details if d)
 
 
 _CHECKS = {

@@ -1,0 +1,392 @@
+# Copyright (c) TLK Model Zoo contributors. Licensed under the Apache License, Version 2.0.
+"""Shared 3-D segmentation inference of the CT bundles (kidney_ct_da_segmentation, abdomen_ct_attention_segmentation).
+
+* :class:`GaussianSlidingWindowInferer` - MONAI sliding window with a Gaussian importance map (sigma = 1/8 of the
+  patch) and overlap 0.5, as nnU-Net, plus optional mirroring test-time augmentation (logits averaged over all
+  flips of the chosen axes).
+* :func:`ct_preprocessing` - load, channel-first, reorient to RAS, resample to the plan's spacing, CT-normalise.
+* :func:`prediction_postprocessing` - softmax, optional AMOS->kidney channel map, PNG overlay, inversion of the
+  preprocessing (MONAI ``Invertd``: back to the original spacing, orientation and shape), argmax, and
+  :class:`SaveNiftiLikeInputd` (one NIfTI per case with the input's affine and header).
+* :func:`input_datalist` - the images of an input folder in any of the supported layouts.
+
+Reference: nnU-Net v1 ``predict_3D`` (step 0.5, Gaussian sigma_scale 1/8, 8 mirror passes);
+``../shared/reference/domain_adaptation.md`` section 4.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.inferers import Inferer, SlidingWindowInferer
+from monai.transforms import (
+    Activationsd,
+    AsDiscreted,
+    Compose,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    Invertd,
+    LoadImaged,
+    MapTransform,
+    Orientationd,
+    Spacingd,
+)
+
+from tlk_components.data.nifti_checks import save_nifti
+from tlk_components.data.transforms import CTNormalized, KidneyFromAmosd
+from tlk_components.utils.errors import ConfigError, DatasetError
+from tlk_components.utils.validation import check_in_range, check_positive_int
+
+__all__ = [
+    "GaussianSlidingWindowInferer",
+    "OverlayPNGd",
+    "SaveNiftiLikeInputd",
+    "case_name",
+    "ct_preprocessing",
+    "input_datalist",
+    "prediction_postprocessing",
+    "save_overlay_png",
+]
+
+
+def _first(output: Any) -> torch.Tensor:
+    """The segmentation logits of a network output (tensor, or first item of a tuple/list, or ``dict['pred']``)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping):
+        return output["pred"]
+    return output[0]
+
+
+class GaussianSlidingWindowInferer(Inferer):
+    """Sliding-window inference with Gaussian blending and optional mirroring TTA.
+
+    Args:
+        roi_size: patch size (x, y, z), each >= 1.
+        sw_batch_size: patches per forward pass, >= 1. Default 1.
+        overlap: window overlap in [0, 1). Default 0.5 (nnU-Net's step 0.5).
+        sigma_scale: Gaussian sigma as a fraction of the patch, in (0, 1]. Default 0.125.
+        mirror_axes: spatial axes (0, 1, 2) to mirror for TTA; every subset is run (8 passes for all three).
+            Default () (no TTA).
+        progress: show a progress bar over windows.
+
+    Shape:
+        inputs (B, C, X, Y, Z) -> logits (B, N, X, Y, Z), averaged over the mirror passes.
+
+    Raises:
+        ConfigError: an argument out of range.
+    """
+
+    def __init__(
+        self,
+        roi_size: Sequence[int],
+        sw_batch_size: int = 1,
+        overlap: float = 0.5,
+        sigma_scale: float = 0.125,
+        mirror_axes: Sequence[int] = (),
+        progress: bool = False,
+    ) -> None:
+        super().__init__()
+        roi = [check_positive_int("roi_size[i]", r) for r in roi_size]
+        overlap = check_in_range("overlap", overlap, 0.0, 1.0)
+        if overlap >= 1.0:
+            raise ConfigError(f"overlap={overlap}: expected a value in [0, 1)")
+        sigma_scale = check_in_range("sigma_scale", sigma_scale, 0.0, 1.0, low_inclusive=False)
+        self.mirror_axes = tuple(int(a) for a in mirror_axes)
+        if any(a not in range(len(roi)) for a in self.mirror_axes) or len(set(self.mirror_axes)) != len(
+            self.mirror_axes
+        ):
+            raise ConfigError(f"mirror_axes={list(mirror_axes)}: expected distinct spatial axes in 0..{len(roi) - 1}")
+        self.window = SlidingWindowInferer(
+            roi_size=roi,
+            sw_batch_size=check_positive_int("sw_batch_size", sw_batch_size),
+            overlap=overlap,
+            mode="gaussian",
+            sigma_scale=sigma_scale,
+            progress=progress,
+        )
+
+    def flips(self) -> list[tuple[int, ...]]:
+        """The mirror passes as tuples of tensor dims to flip (the empty tuple is the plain pass)."""
+        dims = [a + 2 for a in self.mirror_axes]
+        return [c for k in range(len(dims) + 1) for c in itertools.combinations(dims, k)]
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Run the network over windows (and mirrors) of ``inputs``; returns averaged logits."""
+
+        def net(x: torch.Tensor) -> torch.Tensor:
+            return _first(network(x, *args, **kwargs))
+
+        total = None
+        passes = self.flips()
+        for dims in passes:
+            x = torch.flip(inputs, dims) if dims else inputs
+            out = self.window(x, net)
+            out = torch.flip(out, dims) if dims else out
+            total = out if total is None else total + out
+        return total / len(passes)
+
+
+def case_name(path: str | os.PathLike) -> str:
+    """Case id of an image path: the file name without ``.nii(.gz)`` (``_0000`` dropped), or the parent folder
+    for generic names such as KiTS19's ``case_00012/imaging.nii.gz``."""
+    p = Path(str(path))
+    stem = p.name.split(".nii")[0]
+    if stem in ("imaging", "image", "ct", "img", "segmentation", "label"):
+        return p.parent.name
+    return stem.removesuffix("_0000")
+
+
+def input_datalist(input_dir: str | os.PathLike) -> list[dict[str, str]]:
+    """Images to predict in ``input_dir``: KiTS19 ``case_*/imaging.nii.gz``, ``imagesTs/`` (else ``imagesTr/``), or
+    the ``*.nii.gz`` files of the folder itself.
+
+    Raises:
+        DatasetError: the folder does not exist or holds no NIfTI image.
+    """
+    base = Path(input_dir)
+    if not base.is_dir():
+        raise DatasetError(f"input_dir {base} does not exist; pass --input_dir with the CT volumes to segment")
+    found = sorted(base.glob("case_*/imaging.nii*"))
+    for sub in ("imagesTs", "imagesTr"):
+        if not found and (base / sub).is_dir():
+            found = sorted(p for p in (base / sub).glob("*.nii*") if not p.name.startswith("."))
+    if not found:
+        found = sorted(p for p in base.glob("*.nii*") if not p.name.startswith("."))
+    if not found:
+        raise DatasetError(
+            f"input_dir {base}: no .nii/.nii.gz image found (looked for case_*/imaging.nii.gz, "
+            "imagesTs/, imagesTr/ and the folder itself)"
+        )
+    return [{"image": str(p)} for p in found]
+
+
+def ct_preprocessing(
+    *,
+    keys: Sequence[str] = ("image",),
+    label_keys: Sequence[str] = (),
+    spacing: Sequence[float] | None = None,
+    plans_file: str | os.PathLike | None = None,
+    axcodes: str = "RAS",
+    normalize: bool = True,
+) -> Compose:
+    """Deterministic CT preprocessing: load (nibabel), channel-first, reorient, resample, CT-normalise.
+
+    Args:
+        keys: image keys.
+        label_keys: label keys (nearest-neighbour resampling, not normalised).
+        spacing: target spacing (x, y, z) mm; default: the plan's ``target_spacing``; None without a plan =
+            keep the native spacing.
+        plans_file: plans.json with ``target_spacing`` and ``normalization``.
+        axcodes: orientation to reorient to. Default "RAS".
+        normalize: apply :class:`CTNormalized` with the plan's statistics (needs ``plans_file``).
+
+    Returns:
+        a MONAI ``Compose`` (invertible: use it as ``Invertd``'s ``transform``).
+
+    Raises:
+        ConfigError: ``normalize`` without a plans file.
+    """
+    keys, label_keys = list(keys), list(label_keys)
+    all_keys = keys + label_keys
+    if spacing is None and plans_file is not None:
+        from tlk_components.data.plan import load_plans
+
+        spacing = load_plans(plans_file)["target_spacing"]
+    xforms: list[Any] = [
+        LoadImaged(all_keys, reader="NibabelReader", image_only=True),
+        EnsureChannelFirstd(all_keys),
+        Orientationd(all_keys, axcodes=axcodes, labels=None),
+    ]
+    if spacing is not None:
+        modes = ["bilinear"] * len(keys) + ["nearest"] * len(label_keys)
+        xforms.append(Spacingd(all_keys, pixdim=[float(s) for s in spacing], mode=modes))
+    if normalize:
+        if plans_file is None:
+            raise ConfigError("ct_preprocessing(normalize=True) needs plans_file=...; or pass normalize=False")
+        xforms.append(CTNormalized(keys, plans_file=plans_file))
+    xforms.append(EnsureTyped(all_keys, track_meta=True))
+    return Compose(xforms)
+
+
+def save_overlay_png(
+    image: np.ndarray, label: np.ndarray, path: str | os.PathLike, title: str = "", slice_index: int | None = None
+) -> Path:
+    """Save a PNG of the axial slice (last axis) with the most foreground, labels coloured over the CT in grey.
+
+    Args:
+        image: 3-D image (x, y, z) in RAS order.
+        label: 3-D integer labels on the same grid.
+        path: PNG path (written atomically).
+        title: figure title.
+        slice_index: axial slice to show; default the one with the most labelled voxels.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tlk_components.engines.reporting import save_figure
+
+    image, label = np.asarray(image, dtype=np.float32), np.asarray(label)
+    if image.shape != label.shape or image.ndim != 3:
+        raise ConfigError(f"overlay: image {image.shape} and label {label.shape} must be the same 3-D shape")
+    k = int(np.argmax((label > 0).sum(axis=(0, 1)))) if slice_index is None else int(slice_index)
+    if image.min() < -500:  # Hounsfield units: abdominal soft-tissue window (W 400, L 40)
+        lo, hi = -160.0, 240.0
+    else:  # normalised intensities: percentiles of the non-background voxels
+        body = image[image > image.min()]
+        lo, hi = np.percentile(body if body.size else image, [1, 99])
+    img2d = np.rot90(image[:, :, k])  # RAS (x, y) -> radiological-ish display with anterior up
+    lab2d = np.rot90(label[:, :, k]).astype(float)
+    fig, ax = plt.subplots(1, 2, figsize=(8, 4.2))
+    for a in ax:
+        a.imshow(img2d, cmap="gray", vmin=lo, vmax=hi)
+        a.axis("off")
+    masked = np.ma.masked_where(lab2d == 0, lab2d)
+    ax[1].imshow(masked, cmap="tab20", alpha=0.5, vmin=0, vmax=max(20, int(lab2d.max()) + 1), interpolation="nearest")
+    ax[0].set_title("CT")
+    ax[1].set_title(f"prediction (axial slice {k})")
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+class OverlayPNGd(MapTransform):
+    """Write ``<output_dir>/<case>_overlay.png``: the prediction over the (preprocessed) CT, on the slice with the
+    most foreground.
+
+    Args:
+        keys: prediction key(s): channel-first probabilities/logits (argmax taken) or a 1-channel label map.
+        image_key: the CT image key on the same grid. Default "image".
+        output_dir: folder for the PNGs.
+        allow_missing_keys: skip absent keys.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_dir: str | os.PathLike,
+        image_key: str = "image",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.output_dir = Path(output_dir)
+        self.image_key = image_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        image = d[self.image_key]
+        src = getattr(image, "meta", {}).get("filename_or_obj", "case")
+        img = np.asarray(torch.as_tensor(image).detach().cpu())[0]
+        for key in self.key_iterator(d):
+            pred = torch.as_tensor(d[key]).detach().cpu()
+            lab = pred.argmax(0) if pred.shape[0] > 1 else pred[0]
+            save_overlay_png(img, lab.numpy(), self.output_dir / f"{case_name(src)}_overlay.png", title=case_name(src))
+        return d
+
+
+class SaveNiftiLikeInputd(MapTransform):
+    """Write each prediction as ``<output_dir>/<case><postfix>.nii.gz`` with the input file's affine and header.
+
+    The prediction must already be on the input's voxel grid (after ``Invertd``); the input file is read (header
+    only) from the meta data's ``filename_or_obj``.
+
+    Args:
+        keys: label-map key(s) (1 channel, integers).
+        output_dir: destination folder (created).
+        output_postfix: appended to the case name. Default "_seg".
+        dtype: on-disk label type. Default uint8.
+        allow_missing_keys: skip absent keys.
+
+    Raises:
+        DatasetError: the prediction's shape differs from the input image (it was not inverted).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_dir: str | os.PathLike,
+        output_postfix: str = "_seg",
+        dtype: str = "uint8",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.output_dir = Path(output_dir)
+        self.output_postfix = output_postfix
+        self.dtype = np.dtype(dtype)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            pred = d[key]
+            src = getattr(pred, "meta", {}).get("filename_or_obj") or getattr(d.get("image"), "meta", {}).get(
+                "filename_or_obj"
+            )
+            if not src:
+                raise DatasetError(f"{key}: no 'filename_or_obj' in the meta data; cannot find the input header")
+            ref = nib.load(str(src))
+            arr = np.asarray(torch.as_tensor(pred).detach().cpu())
+            arr = arr[0] if arr.ndim == len(ref.shape) + 1 else arr
+            if tuple(arr.shape) != tuple(ref.shape[:3]):
+                raise DatasetError(
+                    f"{case_name(src)}: prediction shape {tuple(arr.shape)} != input shape {tuple(ref.shape)}; "
+                    "invert the preprocessing (Invertd) before saving"
+                )
+            header = ref.header.copy()
+            header.set_data_dtype(self.dtype)
+            out = nib.Nifti1Image(np.rint(arr).astype(self.dtype), ref.affine, header=header)
+            out.header.set_slope_inter(1.0, 0.0)
+            save_nifti(out, self.output_dir / f"{case_name(src)}{self.output_postfix}.nii.gz")
+        return d
+
+
+def prediction_postprocessing(
+    *,
+    preprocessing: Compose,
+    output_dir: str | os.PathLike,
+    pred_key: str = "pred",
+    image_key: str = "image",
+    kidney_from_amos: bool = False,
+    overlay: bool = True,
+    save: bool = True,
+    output_postfix: str = "_seg",
+) -> Compose:
+    """Post-processing of one predicted case (after ``decollate_batch``), for an evaluator's ``postprocessing``.
+
+    softmax -> [AMOS -> (background, kidney)] -> [PNG overlay on the preprocessed grid] -> ``Invertd`` (back to the
+    original spacing, orientation and shape; bilinear on probabilities) -> argmax -> [NIfTI like the input].
+
+    Args:
+        preprocessing: the (invertible) preprocessing ``Compose`` that produced ``image_key``.
+        output_dir: where NIfTI predictions and overlays go.
+        pred_key: prediction key. Default "pred".
+        image_key: image key. Default "image".
+        kidney_from_amos: map a 16-channel AMOS prediction to (background, kidney) first.
+        overlay: write ``<case>_overlay.png``.
+        save: write ``<case><output_postfix>.nii.gz``.
+        output_postfix: file-name suffix. Default "_seg".
+
+    Returns:
+        a MONAI ``Compose``.
+    """
+    xforms: list[Any] = [Activationsd(pred_key, softmax=True)]
+    if kidney_from_amos:
+        xforms.append(KidneyFromAmosd(pred_key))
+    if overlay:
+        xforms.append(OverlayPNGd(pred_key, output_dir=output_dir, image_key=image_key))
+    xforms += [
+        Invertd(pred_key, transform=preprocessing, orig_keys=image_key, nearest_interp=False, to_tensor=True),
+        AsDiscreted(pred_key, argmax=True),
+    ]
+    if save:
+        xforms.append(SaveNiftiLikeInputd(pred_key, output_dir=output_dir, output_postfix=output_postfix))
+    return Compose(xforms)

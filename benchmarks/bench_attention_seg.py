@@ -195,6 +195,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=int(os.environ.get("TLK_NUM_THREADS", "2")))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip_train", action="store_true", help="reuse the models already in --out")
+    ap.add_argument(
+        "--reuse", action="store_true", help="reuse finished networks in --out; an unfinished training resumes"
+    )
     ap.add_argument("--data_size", choices=("demo", "tiny"), default="demo", help="tiny: a quick smoke run only")
     ap.add_argument("--big_shape", type=lambda s: [int(v) for v in s.split(",")], default=[256, 256, 128])
     args = ap.parse_args()
@@ -208,9 +211,10 @@ def main() -> None:
         write_demo(data, size=args.data_size, seed=0)
     results: dict[str, Any] = {}
     for name, variant in (("unet", []), ("attention_unet", ["train_attention_unet.json"])):
-        if args.skip_train:
-            metrics = json.loads((args.out / name / "eval" / "metrics.json").read_text())
-            results[name] = {"metrics": metrics}
+        done = args.out / name / "eval" / "metrics.json"
+        if args.skip_train or (args.reuse and done.is_file()):
+            results[name] = {"metrics": json.loads(done.read_text())}
+            print(f"{name}: reusing {done}", flush=True)
         else:
             results[name] = train_and_evaluate(name, variant, data, args.out, args)
     sw = sliding_window_overhead(data, args.out / "unet" / "models" / "model.pt", args)

@@ -114,6 +114,7 @@ def main() -> None:
     ap.add_argument("--override", default="{}", help="JSON of config overrides, e.g. '{\"k\": 40}'")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("ignite.handlers.early_stopping.EarlyStopping").setLevel(logging.WARNING)
     configure_threads(0)
     out = Path(args.out)
     data = out / "data"

@@ -196,8 +196,10 @@ def main() -> None:
         tmp_path = Path(tmp)
         data = Path(args.dataset_dir) if args.dataset_dir else _tiled_dataset(tmp_path / "data")
         mnist.verify_dataset(data).raise_if_bad()
-        print(f"data: {data} ({'MNIST IDX' if args.dataset_dir else 'demo digits tiled to 60,000'}); "
-              f"batch size {args.batch_size}; threads: {threads} (bundle, bare), {DEFAULT_THREADS} (seed default)")
+        print(
+            f"data: {data} ({'MNIST IDX' if args.dataset_dir else 'demo digits tiled to 60,000'}); "
+            f"batch size {args.batch_size}; threads: {threads} (bundle, bare), {DEFAULT_THREADS} (seed default)"
+        )
 
         bundle_times, train_ds = time_bundle(data, tmp_path / "bundle", args.epochs, args.batch_size)
         n = len(train_ds)
@@ -219,10 +221,14 @@ def main() -> None:
         "bare_epoch_s": [round(t, 3) for t in bare_times],
         "seed_epoch_s": round(seed_time, 3),
     }
-    print(f"epoch over {n} images: bundle {bundle_s:.3f} s (median of {len(bundle_times)}), bare loop {bare_s:.3f} s, "
-          f"source-document loop {seed_time:.3f} s")
-    print(f"bundle / bare = {result['bundle_vs_bare']:.2f} (target <= 1.5); "
-          f"source loop / bundle = {result['seed_vs_bundle']:.1f} (target >= 10)")
+    print(
+        f"epoch over {n} images: bundle {bundle_s:.3f} s (median of {len(bundle_times)}), bare loop {bare_s:.3f} s, "
+        f"source-document loop {seed_time:.3f} s"
+    )
+    print(
+        f"bundle / bare = {result['bundle_vs_bare']:.2f} (target <= 1.5); "
+        f"source loop / bundle = {result['seed_vs_bundle']:.1f} (target >= 10)"
+    )
     if acc is not None:
         print(f"demo digits: test accuracy {acc:.4f} (default train.json + evaluate.json; target >= 0.95)")
     print(json.dumps(result))

@@ -144,8 +144,17 @@ def test_seed_study_shared_order_different_seeds(tmp_path):
 
     TensorBatchLoader.__iter__ = spy
     try:
-        study = SeedStudy(MLP(dims=[784, 16, 10]), train, test, lambda p: torch.optim.Adam(p, lr=0.01),
-                          torch.nn.CrossEntropyLoss(), tmp_path / "out", num_models=3, first_seed=7, epochs=2)
+        study = SeedStudy(
+            MLP(dims=[784, 16, 10]),
+            train,
+            test,
+            lambda p: torch.optim.Adam(p, lr=0.01),
+            torch.nn.CrossEntropyLoss(),
+            tmp_path / "out",
+            num_models=3,
+            first_seed=7,
+            epochs=2,
+        )
         results = study.run()
     finally:
         TensorBatchLoader.__iter__ = orig_iter

@@ -64,7 +64,9 @@ def test_demo_is_deterministic_and_in_the_mnist_layout(tmp_path, tiny):
     again = mnist.write_demo(tmp_path / "again", size="tiny", seed=0)
     for f in tiny.iterdir():
         assert f.read_bytes() == (again / f.name).read_bytes(), f.name
-    assert sorted(f.name for f in tiny.iterdir()) == sorted(f"{n}.gz" for pair in mnist.IDX_FILES.values() for n in pair)
+    assert sorted(f.name for f in tiny.iterdir()) == sorted(
+        f"{n}.gz" for pair in mnist.IDX_FILES.values() for n in pair
+    )
     images, labels = mnist.load_split(tiny, "train")
     assert images.shape == (300, 28, 28) and images.dtype == np.uint8 and labels.shape == (300,)
     assert np.bincount(labels, minlength=10).tolist() == [30] * 10
@@ -104,7 +106,9 @@ def test_ill_truncated_idx(tmp_path, tiny):
     d = _copy(tiny, tmp_path / "d")
     f = d / "train-images-idx3-ubyte"
     f.write_bytes(f.read_bytes()[:-100])
-    with pytest.raises(DatasetError, match=r"train-images-idx3-ubyte: truncated: .* \(300, 28, 28\) = 235200 .* 235100"):
+    with pytest.raises(
+        DatasetError, match=r"train-images-idx3-ubyte: truncated: .* \(300, 28, 28\) = 235200 .* 235100"
+    ):
         mnist.read_idx(f, mnist.IMAGE_MAGIC)
     f.write_bytes(b"\x00\x00")
     with pytest.raises(DatasetError, match="train-images-idx3-ubyte: truncated: 2 bytes"):
@@ -126,12 +130,16 @@ def test_ill_count_mismatch(tmp_path, tiny):
     d = _copy(tiny, tmp_path / "d")
     labels = mnist.read_idx(d / "train-labels-idx1-ubyte")
     mnist.write_idx(d / "train-labels-idx1-ubyte", labels[:-1])
-    with pytest.raises(DatasetError, match=r"train-images-idx3-ubyte holds 300 images but .*train-labels-idx1-ubyte "
-                                           r"holds 299 labels; use an images file and a labels file"):
+    with pytest.raises(
+        DatasetError,
+        match=r"train-images-idx3-ubyte holds 300 images but .*train-labels-idx1-ubyte "
+        r"holds 299 labels; use an images file and a labels file",
+    ):
         mnist.load_split(d, "train")
     problems = mnist.verify_dataset(d).problems
-    assert problems == ["train-images-idx3-ubyte / train-labels-idx1-ubyte: 300 images but 299 labels; "
-                        "use files of one release"]
+    assert problems == [
+        "train-images-idx3-ubyte / train-labels-idx1-ubyte: 300 images but 299 labels; use files of one release"
+    ]
 
 
 def test_ill_wrong_magic(tmp_path, tiny):
@@ -141,8 +149,11 @@ def test_ill_wrong_magic(tmp_path, tiny):
     a, b = img.read_bytes(), lbl.read_bytes()
     img.write_bytes(b)
     lbl.write_bytes(a)
-    with pytest.raises(DatasetError, match=r"t10k-images-idx3-ubyte: wrong magic number 0x00000801, expected "
-                                           r"0x00000803; this is not an MNIST image file"):
+    with pytest.raises(
+        DatasetError,
+        match=r"t10k-images-idx3-ubyte: wrong magic number 0x00000801, expected "
+        r"0x00000803; this is not an MNIST image file",
+    ):
         mnist.load_split(d, "test")
     assert len(mnist.verify_dataset(d).problems) == 2
     img.write_bytes(b"PNG not idx at all")
@@ -221,8 +232,9 @@ def test_loader_shards_like_distributed_sampler(tiny, even):
     ds = mnist.MNISTDataset(tiny, "test")
     ds.images, ds.labels = ds.images[:99], torch.arange(99)  # 99 samples: not divisible by 2
     shards = [
-        torch.cat([b["label"] for b in mnist.TensorBatchLoader(ds, 16, True, 0, num_replicas=2, rank=r,
-                                                               even_divisible=even)])
+        torch.cat(
+            [b["label"] for b in mnist.TensorBatchLoader(ds, 16, True, 0, num_replicas=2, rank=r, even_divisible=even)]
+        )
         for r in range(2)
     ]
     if even:
@@ -269,8 +281,11 @@ def test_valid_hyperparameters_pass():
 def test_ill_network_input_size_does_not_match_the_data(tiny):
     ds = mnist.MNISTDataset(tiny, "test")
     check_network_input(MLP(), ds)  # 784 inputs for 28x28: fine
-    with pytest.raises(ConfigError, match=r"network_def: the network does not accept the data: one image is "
-                                          r"\(1, 28, 28\) = 784 values.*--network_def#dims \"\[784, 32, 32, 32, 10\]\""):
+    with pytest.raises(
+        ConfigError,
+        match=r"network_def: the network does not accept the data: one image is "
+        r"\(1, 28, 28\) = 784 values.*--network_def#dims \"\[784, 32, 32, 32, 10\]\"",
+    ):
         check_network_input(MLP(dims=[100, 32, 10]), ds)
     with pytest.raises(ConfigError, match="the network has 5 outputs but the labels need 10 classes"):
         check_network_input(MLP(dims=[784, 32, 5]), ds)

@@ -246,3 +246,14 @@ def test_ill_cli_download_unknown_bundle_exits_2(release, tmp_path):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"bundle 'nope' is not in the index; it offers ['{NAME}']" in proc.stderr
+
+
+def test_ill_archive_not_matching_the_index(tmp_path):
+    z = write_zip(tmp_path / "b.zip", {f"{NAME}/configs/metadata.json": b'{"version": "0.2.0"}'})
+    dl = tmp_path / "dl"
+    with pytest.raises(DownloadError, match=r"metadata.json says version '0.2.0' but the index says '0.1.0'"):
+        download_bundle(NAME, _index_for(z), dl)
+    z = write_zip(tmp_path / "c.zip", {f"{NAME}/LICENSE": b"x"})
+    with pytest.raises(DownloadError, match=rf"holds no {NAME}/configs/metadata.json: not a bundle"):
+        download_bundle(NAME, _index_for(z), dl)
+    assert sorted(dl.iterdir()) == []

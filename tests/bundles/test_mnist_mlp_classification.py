@@ -95,8 +95,13 @@ def test_inference_on_idx_file_and_png_folder(work, tmp_path):
 
     images, _ = mnist.load_split(work["data"], "test")
     expected = _predict(work["models"] / "model.pt", images).argmax(1).tolist()
-    run_bundle(BUNDLE, "inference.json", bundle_root=work["root"], input_dir=work["data"] / "t10k-images-idx3-ubyte.gz",
-               output_dir=tmp_path / "idx")
+    run_bundle(
+        BUNDLE,
+        "inference.json",
+        bundle_root=work["root"],
+        input_dir=work["data"] / "t10k-images-idx3-ubyte.gz",
+        output_dir=tmp_path / "idx",
+    )
     rows = list(csv.DictReader((tmp_path / "idx" / "predictions.csv").open()))
     assert [r["image"] for r in rows] == [f"t10k-images-idx3-ubyte.gz#{i}" for i in range(100)]
     assert [int(r["prediction"]) for r in rows] == expected
@@ -112,15 +117,17 @@ def test_inference_on_idx_file_and_png_folder(work, tmp_path):
     assert all(abs(sum(float(r[f"prob_{c}"]) for c in range(10)) - 1) < 1e-4 for r in rows)
 
     (pngs / "broken.png").write_bytes(b"not a png")
-    bad = run_bundle(BUNDLE, "inference.json", bundle_root=work["root"], input_dir=pngs, output_dir=tmp_path / "bad",
-                     check=False)
+    bad = run_bundle(
+        BUNDLE, "inference.json", bundle_root=work["root"], input_dir=pngs, output_dir=tmp_path / "bad", check=False
+    )
     assert bad.returncode != 0 and "broken.png: not a readable image" in bad.stdout
     assert not (tmp_path / "bad" / "predictions.csv").exists()
 
 
 def _monai_bundle(*args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=REPO / "tests", capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], cwd=REPO / "tests", capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -130,8 +137,18 @@ def test_verify_net_in_out_and_torchscript_export(work):
     meta, inference = str(CONFIGS / "metadata.json"), str(CONFIGS / "inference.json")
     _monai_bundle("verify_net_in_out", "network_def", "--meta_file", meta, "--config_file", inference)
     ts = work["models"] / "model.ts"
-    _monai_bundle("ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(work["models"] / "model.pt"),
-                  "--meta_file", meta, "--config_file", inference)
+    _monai_bundle(
+        "ckpt_export",
+        "network_def",
+        "--filepath",
+        str(ts),
+        "--ckpt_file",
+        str(work["models"] / "model.pt"),
+        "--meta_file",
+        meta,
+        "--config_file",
+        inference,
+    )
     scripted = torch.jit.load(str(ts))
     images, _ = mnist.load_split(work["data"], "test")
     x = (torch.from_numpy(images[:8]).float().unsqueeze(1) / 255.0 - MEAN) / STD
@@ -140,8 +157,14 @@ def test_verify_net_in_out_and_torchscript_export(work):
 
 @pytest.mark.slow
 def test_seed_study(work, tmp_path):
-    run_bundle(BUNDLE, ["train.json", "seed_study.json"], bundle_root=work["root"], dataset_dir=work["data"],
-               output_dir=tmp_path, num_models=2)
+    run_bundle(
+        BUNDLE,
+        ["train.json", "seed_study.json"],
+        bundle_root=work["root"],
+        dataset_dir=work["data"],
+        output_dir=tmp_path,
+        num_models=2,
+    )
     summary = json.loads((tmp_path / "seed_study" / "seed_study.json").read_text())
     assert [m["seed"] for m in summary["models"]] == [0, 1] and summary["epochs"] == 1
     for png in ("seed_study_loss_curves.png", "seed_study_per_class_accuracy.png"):

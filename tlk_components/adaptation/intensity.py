@@ -61,14 +61,19 @@ def ensure_alignment(
     target_datalist: Sequence[Mapping[str, str]],
     enabled: bool = True,
 ) -> str:
-    """Write ``path`` (JSON: ``scale``, ``shift``, source and target body statistics) unless it exists.
+    """Write ``path`` (JSON: ``scale``, ``shift``, source and target body statistics) unless it exists with the same
+    ``enabled`` setting.
 
     With ``enabled=False`` the identity (scale 1, shift 0) is written, so configs can switch alignment off.
     Returns the path.
     """
     p = Path(path)
     if p.is_file():
-        return str(p)
+        try:
+            if bool(json.loads(p.read_text()).get("enabled", True)) == bool(enabled):
+                return str(p)
+        except (OSError, ValueError):
+            pass  # unreadable: recompute
     if not enabled:
         atomic_write_json(p, {"scale": 1.0, "shift": 0.0, "enabled": False})
         return str(p)

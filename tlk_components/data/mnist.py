@@ -111,7 +111,9 @@ def _read_bytes(path: Path) -> bytes:
         raise DatasetError(f"{path}: file not found; {_FIX_FILES}") from None
     except OSError as e:
         if path.suffix != ".gz" or isinstance(e, IsADirectoryError | PermissionError):
-            raise DatasetError(f"{path}: cannot be read ({type(e).__name__}: {e}); check the path and permissions") from None
+            raise DatasetError(
+                f"{path}: cannot be read ({type(e).__name__}: {e}); check the path and permissions"
+            ) from None
         raise DatasetError(
             f"{path}: damaged gzip file ({type(e).__name__}: {e}); it is truncated or not gzip data. "
             "Download it again (or decompress it and keep the plain file)."
@@ -141,7 +143,9 @@ def read_idx(path: str | os.PathLike, magic: int | None = None) -> np.ndarray:
     path = Path(path)
     raw = _read_bytes(path)
     if len(raw) < 4:
-        raise DatasetError(f"{path}: truncated: {len(raw)} bytes, shorter than the 4-byte IDX magic number; {_FIX_FILES}")
+        raise DatasetError(
+            f"{path}: truncated: {len(raw)} bytes, shorter than the 4-byte IDX magic number; {_FIX_FILES}"
+        )
     found = int.from_bytes(raw[:4], "big")
     code, ndim = raw[2], raw[3]
     if raw[0] != 0 or raw[1] != 0 or code not in _DTYPES or ndim == 0 or (magic is not None and found != magic):
@@ -255,7 +259,9 @@ def verify_dataset(dataset_dir: str | os.PathLike) -> DatasetReport:
             bad = int((arrays[lbl_name] >= NUM_CLASSES).sum())
             report.add(lbl_name, f"{bad} label(s) outside 0..{NUM_CLASSES - 1} (max {int(arrays[lbl_name].max())})")
     if len(sizes) == 2 and sizes["train"] != sizes["test"]:
-        report.add("t10k-images-idx3-ubyte", f"image size {sizes['test']} differs from the training images' {sizes['train']}")
+        report.add(
+            "t10k-images-idx3-ubyte", f"image size {sizes['test']} differs from the training images' {sizes['train']}"
+        )
     return report
 
 

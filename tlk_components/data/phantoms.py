@@ -176,7 +176,7 @@ class PhantomStyle:
         small_organ_scale: size multiplier of the small structures (adrenals, oesophagus, portal vein,
             gallbladder), >= 0.5; > 1 makes them easier to learn. Default 1.
         bowel_gas: probability that a bowel loop holds a gas pocket, in [0, 1]. Default 0.3.
-        medulla_scale: size of the renal medulla relative to the kidney, in [0.3, 0.9]. Default 0.72.
+        medulla_scale: size of the renal medulla relative to the kidney, in [0.3, 0.9]. Default 0.62.
     """
 
     hu: Mapping[str, float] = field(default_factory=dict)
@@ -196,7 +196,7 @@ class PhantomStyle:
     kidney_tilt_deg: tuple[float, float] = (5.0, 25.0)
     small_organ_scale: float = 1.0
     bowel_gas: float = 0.3
-    medulla_scale: float = 0.72
+    medulla_scale: float = 0.62
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.hu) - set(DEFAULT_HU))

@@ -136,7 +136,7 @@ def check_network_input(
         raise ConfigError(
             f"{key}: the network does not accept the data: one image is {tuple(sample.shape[1:])} = {per_sample} "
             f"values ({type(e).__name__}: {str(e).splitlines()[0][:160]}). Make the first layer size match, "
-            f"e.g. --{key}#dims \"[{per_sample}, 32, 32, 32, 10]\", or use images of the size the network expects"
+            f'e.g. --{key}#dims "[{per_sample}, 32, 32, 32, 10]", or use images of the size the network expects'
         ) from None
     finally:
         net.train(was_training)
@@ -267,7 +267,9 @@ class ClassificationReport:
         if self.confusion_key is not None:
             cm = torch.as_tensor(metrics[self.confusion_key]).cpu().numpy()
             labels = _class_labels(self.class_names, cm.shape[0])
-            _plot_confusion(cm, labels, self.output_dir / "confusion_matrix.png", f"{self.title} confusion matrix".strip())
+            _plot_confusion(
+                cm, labels, self.output_dir / "confusion_matrix.png", f"{self.title} confusion matrix".strip()
+            )
 
 
 def write_predictions_csv(

@@ -151,7 +151,13 @@ class SeedStudy:
             name = f"model {k + 1} (seed {seed})"
             curves[name] = losses
             self.results.append(
-                {"model": k + 1, "seed": seed, "accuracy": acc, "per_class_accuracy": per_class, "last_loss": losses[-1]}
+                {
+                    "model": k + 1,
+                    "seed": seed,
+                    "accuracy": acc,
+                    "per_class_accuracy": per_class,
+                    "last_loss": losses[-1],
+                }
             )
             logger.info(f"seed study: {name}: accuracy {acc:.4f}, last loss {losses[-1]:.4f}")
         self._write(curves)

@@ -321,6 +321,11 @@ def _short(e: BaseException) -> str:
     text = lines[0][:300] if lines else ""
     if len(lines) > 1:
         text += f" … {lines[-1][:300]}"
+    root = e
+    while root.__cause__ is not None and root.__cause__ is not root:
+        root = root.__cause__
+    if root is not e:  # MONAI wraps config errors ("Failed to evaluate ..."); the root cause says what to fix
+        text += f" (caused by {_short(root)})"
     return f"{type(e).__name__}: {text}"
 
 

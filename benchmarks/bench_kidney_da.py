@@ -60,6 +60,34 @@ def _json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def _variants(out: Path, common: dict[str, Any], variants: dict[str, dict[str, Any]],
+              args: argparse.Namespace) -> dict[str, Any]:
+    """Adapt every variant from ``out/models/pretrained.pt`` and evaluate all of them side by side."""
+    models = out / "models"
+    ckpts = {"source_only": str(models / "pretrained.pt"), "oracle": str(models / "oracle.pt")}
+    times: dict[str, float] = {}
+    for name, overrides in variants.items():
+        _run(["train.json"], out / f"variant_{name}.log", **common, ckpt_dir=out / f"models_v_{name}",
+             output_dir=out / f"eval_v_{name}", pretrained_path=models / "pretrained.pt",
+             plans_file=models / "plans.json", epochs=args.adapt_epochs, epoch_length=args.adapt_epoch_length,
+             val_interval=10**6, resume=False, **overrides)
+        times[name] = _json(out / f"eval_v_{name}" / "adapt_time.json")["train_time_s"]
+        ckpts[name] = str(out / f"models_v_{name}" / "model.pt")
+    _run(["train.json", "evaluate.json"], out / "evaluate_variants.log", **common, ckpt_dir=models,
+         output_dir=out / "eval_variants", checkpoints=ckpts, aligned_models=list(variants))
+    metrics = _json(out / "eval_variants" / "metrics.json")
+    dice = {k: metrics[f"target_mean_dice_kidney_{k}"] for k in ckpts}
+    print("\n| variant | overrides of train.json | target kidney Dice | / oracle | adaptation time (s) |")
+    print("|---|---|---|---|---|")
+    for name in ckpts:
+        over = json.dumps(variants.get(name, {})) if name in variants else "-"
+        t = f"{times[name]:.1f}" if name in times else "-"
+        print(f"| {name} | `{over}` | {dice[name]:.4f} | {dice[name] / dice['oracle']:.3f} | {t} |")
+    result = {"variants": dice, "adapt_time_s": times}
+    print(json.dumps(result))
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="/tmp/kidney_da_bench", help="work folder (demo data, models, logs)")
@@ -72,6 +100,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--stages", default="pretrain,oracle,adapt,dann,evaluate",
                     help="comma-separated subset (reuses earlier outputs in --out)")
     ap.add_argument("--adapt_override", default="{}", help="JSON dict of extra overrides for the adapted run")
+    ap.add_argument("--variants", default="",
+                    help="JSON dict {name: overrides of train.json}: adapt each variant from the same pretrained "
+                         "model (fixed budget), evaluate them beside source-only and the oracle on the target test "
+                         "cases, print the variant table and stop (needs the pretrain and oracle stages in --out)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,6 +119,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from tlk_components.data.kidney import write_demo
 
         write_demo(data, size="demo", seed=0)
+    if args.variants:
+        return _variants(out, common, json.loads(args.variants), args)
     if "pretrain" in stages:
         _run(["train.json", "pretrain.json"], out / "pretrain.log", **common, ckpt_dir=models,
              output_dir=out / "eval_pretrain", epochs=args.pretrain_epochs, resume=False)

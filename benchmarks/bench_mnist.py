@@ -170,6 +170,7 @@ def time_seed(images: np.ndarray, labels: np.ndarray, batch_size: int, lr: float
 
 def accuracy_demo(root: Path) -> float:
     """Default train.json then evaluate.json on the demo digits, in fresh processes; test accuracy."""
+    root.mkdir(parents=True, exist_ok=True)
     base = [sys.executable, "-m", "monai.bundle", "run", "--bundle_root", str(root)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     for configs in ([CONFIGS / "train.json"], [CONFIGS / "train.json", CONFIGS / "evaluate.json"]):
@@ -206,9 +207,14 @@ def main() -> None:
         bare_times = time_bare(train_ds.images, train_ds.labels, args.epochs, args.batch_size, lr)
         raw_images, raw_labels = mnist.load_split(data, "train")
         seed_time = time_seed(raw_images[:n], raw_labels[:n], args.batch_size, lr)
+        bundle_s, bare_s = statistics.median(bundle_times), statistics.median(bare_times)
+        print(
+            f"epoch over {n} images: bundle {bundle_s:.3f} s (median of {len(bundle_times)}), "
+            f"bare loop {bare_s:.3f} s, source-document loop {seed_time:.3f} s",
+            flush=True,
+        )
         acc = None if args.no_accuracy else accuracy_demo(tmp_path / "demo_run")
 
-    bundle_s, bare_s = statistics.median(bundle_times), statistics.median(bare_times)
     result = {
         "bundle_vs_bare": round(bundle_s / bare_s, 3),
         "seed_vs_bundle": round(seed_time / bundle_s, 2),
@@ -221,10 +227,6 @@ def main() -> None:
         "bare_epoch_s": [round(t, 3) for t in bare_times],
         "seed_epoch_s": round(seed_time, 3),
     }
-    print(
-        f"epoch over {n} images: bundle {bundle_s:.3f} s (median of {len(bundle_times)}), bare loop {bare_s:.3f} s, "
-        f"source-document loop {seed_time:.3f} s"
-    )
     print(
         f"bundle / bare = {result['bundle_vs_bare']:.2f} (target <= 1.5); "
         f"source loop / bundle = {result['seed_vs_bundle']:.1f} (target >= 10)"

@@ -3,12 +3,19 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from tlk_components.adaptation.kidney_da import TargetDiceEvaluation, kidney_prior, prepare_domains, scaled_prior
+from tlk_components.adaptation.kidney_da import (
+    TargetDiceEvaluation,
+    kidney_prior,
+    prepare_domains,
+    scaled_prior,
+    with_labels,
+)
 from tlk_components.data import kidney
 from tlk_components.utils.errors import ConfigError, DatasetError
 
@@ -66,8 +73,7 @@ def test_target_dice_evaluation_side_by_side(tmp_path: Path) -> None:
     torch.save({"t": torch.tensor(2.0)}, bad)  # predicts nothing
     items = [{"image": img, "label": lab} for _ in range(2)]
     ev = TargetDiceEvaluation(net, {"adapted": str(good), "source_only": str(bad), "oracle": str(tmp_path / "no.pt")},
-                              items, transforms=None, inferer=lambda x, n: n(x), device="cpu", output_dir=tmp_path,
-                              mirror_axes=[0])
+                              items, transforms=None, inferer=lambda x, n: n(x), device="cpu", output_dir=tmp_path)
     metrics = ev.run()
     assert metrics["target_mean_dice_kidney_adapted"] == pytest.approx(1.0)
     assert metrics["target_mean_dice_kidney_source_only"] == pytest.approx(0.0)
@@ -75,6 +81,24 @@ def test_target_dice_evaluation_side_by_side(tmp_path: Path) -> None:
     assert (tmp_path / "per_case_dice.csv").is_file() and (tmp_path / "dice_per_case.png").is_file()
     with pytest.raises(ConfigError, match="without 'label'"):
         TargetDiceEvaluation(net, {}, [{"image": "x"}], None, None, "cpu", tmp_path)
+
+
+def test_with_labels_pairs_a_separate_labels_folder(tiny: Path, tmp_path: Path) -> None:
+    items = kidney.kits19_datalist(kidney.target_dir(tiny), labels=False)
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for item in items[:-1]:  # flat <case>.nii.gz layout; the last case gets no label
+        case = Path(item["image"]).parent.name
+        shutil.copy(Path(item["image"]).with_name("segmentation.nii.gz"), labels / f"{case}.nii.gz")
+    last = Path(items[-1]["image"]).parent.name
+    with pytest.raises(DatasetError, match=last):
+        with_labels(items, labels)
+    paired = with_labels(items[:-1], labels)
+    assert [Path(d["label"]).name for d in paired] == [f"{Path(d['image']).parent.name}.nii.gz" for d in paired]
+    assert with_labels(items, "") == items
+    (labels / f"{Path(items[0]['image']).parent.name}.nii.gz").write_bytes(b"broken")
+    with pytest.raises(DatasetError, match=Path(items[0]["image"]).parent.name):
+        with_labels(items[:-1], labels)
 
 
 def test_intensity_alignment_undoes_a_linear_scanner_shift(tiny: Path, tmp_path: Path) -> None:

@@ -63,6 +63,30 @@ def test_checkpoint_saves_best_and_last_and_resume_continues(tmp_path):
     assert saver2.best == pytest.approx(0.9)
 
 
+def test_resume_restores_best_metric_without_saver_reference(tmp_path):
+    net = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    data = [torch.randn(4, 2)]
+
+    def run(scores, max_epochs):
+        trainer = _trainer(net, opt)
+        evaluator = Engine(lambda e, b: None)
+        it = iter(scores)
+        evaluator.add_event_handler(Events.COMPLETED, lambda e: e.state.metrics.update(acc=next(it)))
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: evaluator.run([0]))
+        saver = AtomicCheckpointSaver(tmp_path, {"model": net}, key_metric_name="acc", trainer=trainer)
+        saver.attach(evaluator)
+        ResumeFromLast(tmp_path, {"model": net}).attach(trainer)
+        trainer.run(data, max_epochs=max_epochs)
+        return saver
+
+    run([0.9], 1)
+    best_weights = torch.load(tmp_path / "model.pt", weights_only=True)["weight"].clone()
+    saver = run([0.4], 2)  # resumed epoch 2 is worse: model.pt must keep the epoch-1 weights
+    assert saver.best == pytest.approx(0.9)
+    assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=True)["weight"], best_weights)
+
+
 def test_ill_checkpoint_needs_model(tmp_path):
     with pytest.raises(ValueError, match="save_dict needs a 'model' entry"):
         AtomicCheckpointSaver(tmp_path, {"net": torch.nn.Linear(1, 1)})

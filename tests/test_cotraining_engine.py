@@ -78,7 +78,7 @@ def test_exchange_grows_train_sets_and_shrinks_pool(tiny, tmp_path):
     assert used == set(tr.train_ids[0][tr.train_pseudo[0]]) | set(tr.train_ids[1][tr.train_pseudo[1]])
     # files: best model per view (weights only), resumable checkpoint, log, plot, TensorBoard
     for v in (0, 1):
-        assert isinstance(load_weights(tmp_path / "models" / f"model{v}.pt"), dict)
+        assert isinstance(load_weights(tmp_path / "models" / f"model_view{v}.pt"), dict)
     assert load_weights(tmp_path / "models" / "checkpoint_last.pt")["iteration"] == 3
     log = json.loads((tmp_path / "eval" / "cotraining_log.json").read_text())
     assert len(log) == 3 and {"val_accuracy_ensemble", "conflicts", "pool_size"} <= set(log[0])
@@ -173,6 +173,24 @@ def test_evaluator_and_predictor(tiny, tmp_path):
         "label",
     }
     assert all(r["pred"] in splits.samples.class_names and 0 < float(r["confidence"]) <= 1 for r in rows)
+    with pytest.raises(ConfigError, match="model_view0.pt does not fit the view-0 network"):
+        CoTrainingPredictor(
+            input_csv=tiny / "samples.csv",
+            output_csv=tmp_path / "pred_bad.csv",
+            networks=[SmallCNN(channels=(8, 16), num_classes=3) for _ in range(2)],
+            preprocessing=PRE,
+            ckpt_dir=tmp_path / "models",
+        ).run()
+    with pytest.raises(ConfigError, match="predict 10 classes but the class map has 3"):
+        CoTrainingPredictor(
+            input_csv=tiny / "samples.csv",
+            output_csv=tmp_path / "pred_bad.csv",
+            networks=[SmallCNN(channels=(8, 16)) for _ in range(2)],
+            preprocessing=PRE,
+            ckpt_dir=tmp_path / "models",
+            class_names=["a", "b", "c"],
+        ).run()
+    assert not (tmp_path / "pred_bad.csv").exists()
 
 
 def test_ill_engine_arguments(tiny, tmp_path):

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.bundle_utils import BUNDLES, run_bundle
 from tlk_components.data.cotraining import write_demo
@@ -34,7 +35,7 @@ def test_train_resume_evaluate_inference(tiny, tmp_path):
     assert "iteration 2/2" in proc.stdout
     models = tmp_path / "models"
     for v in (0, 1):
-        assert isinstance(load_weights(models / f"model{v}.pt"), dict)
+        assert isinstance(load_weights(models / f"model_view{v}.pt"), dict)
     assert json.loads((models / "classes.json").read_text()) == {str(c): c for c in range(10)}
     log = json.loads((tmp_path / "eval" / "cotraining_log.json").read_text())
     assert [h["iteration"] for h in log] == [1, 2] and log[0]["added_view0"] > 0
@@ -101,7 +102,7 @@ def test_ill_bad_dataset_lists_every_problem(tiny, tmp_path):
     assert proc.returncode != 0
     assert "2 problem(s)" in proc.stdout and "view1 image file missing" in proc.stdout
     assert "label 'ten' is not in the class map" in proc.stdout
-    assert not (tmp_path / "models" / "model0.pt").exists()
+    assert not (tmp_path / "models" / "model_view0.pt").exists()
 
 
 def test_inference_network_defs_match_train():
@@ -117,6 +118,21 @@ def test_inference_network_defs_match_train():
     ):
         assert infer[key] == train[key], key
     assert infer["preprocessing"] == train["train"]["preprocessing"]
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    assert infer["num_classes"] == meta["network_data_format"]["outputs"]["pred"]["num_channels"]
+
+
+def test_inference_networks_build_without_trained_models(tmp_path):
+    """The networks of inference.json need no models/ folder (tlk verify exports an untrained bundle)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser["bundle_root"] = str(tmp_path)
+    for v in (0, 1):
+        net = parser.get_parsed_content(f"network_def_view{v}")
+        assert net(torch.zeros(2, 1, 16, 8)).shape == (2, 10)
+    assert not (tmp_path / "models").exists()
 
 
 def test_metadata_valid_and_readme_matches():

@@ -89,6 +89,17 @@ def test_pretrain_adapt_without_target_labels_evaluate_infer(work: dict[str, Pat
     assert set(metrics["per_case"]) == {"source_only", "adapted"}
     assert (work["eval"] / "per_case_dice.csv").read_text().startswith("case,source_only,adapted")
 
+    # --- evaluation against a separate labels folder (--labels_dir): the target folder holds images only
+    images, labels = work["root"] / "images_only", work["root"] / "labels"
+    shutil.copytree(work["data"] / "kits19", images, ignore=shutil.ignore_patterns("segmentation.nii.gz"))
+    labels.mkdir()
+    for s in segs:
+        shutil.copy(s, labels / f"{s.parent.name}.nii.gz")
+    sep = {**_common(work), "output_dir": work["root"] / "eval_sep"}
+    run_bundle(BUNDLE, ["train.json", "evaluate.json"], **sep, target_dir=images, labels_dir=labels)
+    sep_metrics = json.loads((work["root"] / "eval_sep" / "metrics.json").read_text())
+    assert sep_metrics["per_case"] == metrics["per_case"]
+
     # --- inference: NIfTI with the input's affine and shape (resampled back), PNG overlays, mirroring TTA
     import nibabel as nib
     import numpy as np
@@ -98,7 +109,7 @@ def test_pretrain_adapt_without_target_labels_evaluate_infer(work: dict[str, Pat
                output_dir=pred_dir, mirror_axes=[0], **SMALL)
     for case in ("case_00000", "case_00003"):
         src = nib.load(work["data"] / "kits19" / case / "imaging.nii.gz")
-        out = nib.load(pred_dir / case / "imaging_kidney.nii.gz")
+        out = nib.load(pred_dir / f"{case}_seg.nii.gz")
         assert out.shape == src.shape and np.allclose(out.affine, src.affine)
         assert set(np.unique(np.asarray(out.dataobj))) <= {0, 1}
         assert (pred_dir / f"{case}_overlay.png").is_file()

@@ -5,6 +5,7 @@
   ``target_labels=False`` (adaptation) the target is checked from its images only: no target label file is opened.
 * :func:`kidney_prior` — the class-size prior ``[background, kidney]`` from the SOURCE labels (AMOS kidney
   channels 2 and 3); :func:`scaled_prior` rescales its kidney share (a label-free size lever).
+* :func:`with_labels` — pair target images with the label files of a separate ``--labels_dir``.
 * :class:`TargetDiceEvaluation` — per-case and mean kidney(+tumour) Dice on target test cases for every model
   that exists (source-only ``pretrained.pt``, adapted ``model.pt``, oracle ``oracle.pt``), side by side, written to
   ``metrics.json``, ``per_case_dice.csv`` and ``dice_per_case.png``.
@@ -30,6 +31,7 @@ from tqdm import tqdm
 from tlk_components.data import kidney
 from tlk_components.data.nifti_checks import CasePair, check_pairs
 from tlk_components.engines.reporting import save_bar_chart
+from tlk_components.engines.seg_inference import case_name
 from tlk_components.utils.errors import ConfigError, DatasetError
 from tlk_components.utils.io import atomic_write_json, atomic_write_text, load_weights
 from tlk_components.utils.validation import check_in_range
@@ -37,13 +39,11 @@ from tlk_components.zoo.datasets import DatasetReport, prepare_dataset
 
 __all__ = [
     "BUNDLE",
-    "FlipTTAInferer",
-    "OverlayPNGd",
     "TargetDiceEvaluation",
-    "image_datalist",
     "kidney_prior",
     "prepare_domains",
     "scaled_prior",
+    "with_labels",
 ]
 
 BUNDLE = "kidney_ct_da_segmentation"
@@ -133,98 +133,44 @@ def scaled_prior(prior: Sequence[float], kidney_scale: float = 1.0) -> list[floa
     return [1.0 - k, k]
 
 
-def image_datalist(input_dir: str | os.PathLike) -> list[dict[str, str]]:
-    """``[{"image": path}]`` for every CT volume under ``input_dir`` (KiTS19 ``case_*/imaging.nii.gz``, AMOS22
-    ``imagesTr/*.nii.gz``, or a flat folder of ``.nii``/``.nii.gz``); label files are skipped.
+def with_labels(
+    datalist: Sequence[Mapping[str, str]], labels_dir: str | os.PathLike | None
+) -> list[dict[str, str]]:
+    """Pair each image of ``datalist`` with its label file in a separate ``labels_dir`` (the evaluation's
+    ``--labels_dir``); with ``labels_dir`` empty/None the datalist is returned unchanged.
+
+    For a case ``C`` (KiTS19 folder name, or the image file name without ``.nii.gz``/``_0000``) the label is the
+    first of ``C/segmentation.nii.gz``, ``C.nii.gz``, ``C_seg.nii.gz``, ``C/segmentation.nii`` and ``C.nii``.
 
     Raises:
-        DatasetError: no volume found.
+        DatasetError: the folder does not exist, some cases have no label file, or a label file is unreadable or
+            does not match its image's geometry (every such case is named).
     """
-    base = Path(input_dir)
-    skip = ("segmentation", "label")
-    files = sorted(
-        p for p in base.rglob("*.nii*")
-        if p.is_file() and not any(s in p.name.lower() for s in skip) and "labels" not in p.parent.name.lower()
-    ) if base.is_dir() else []
-    if not files:
-        raise DatasetError(f"--input_dir {base}: no .nii/.nii.gz images found; point it at a folder of CT volumes "
-                           "(KiTS19 case folders, AMOS22 imagesTr, or plain NIfTI files)")
-    return [{"image": str(p)} for p in files]
-
-
-class FlipTTAInferer:
-    """Softmax probabilities averaged over mirrored copies (nnU-Net's mirroring test-time augmentation).
-
-    Args:
-        inferer: a MONAI inferer (e.g. ``SlidingWindowInferer(roi, overlap=0.5, mode="gaussian")``).
-        mirror_axes: spatial axes (0, 1, 2) to flip, one extra pass each; empty = plain softmax (default).
-
-    Shape:
-        ``(N, C_in, *S)`` → ``(N, C, *S)`` probabilities.
-    """
-
-    def __init__(self, inferer: Any, mirror_axes: Sequence[int] = ()) -> None:
-        self.inferer = inferer
-        self.mirror_axes = [int(a) for a in mirror_axes]
-        bad = [a for a in self.mirror_axes if a not in (0, 1, 2)]
-        if bad:
-            raise ConfigError(f"mirror_axes={list(mirror_axes)}: expected spatial axes among 0, 1, 2")
-
-    def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
-        probs = torch.softmax(self.inferer(inputs, network, *args, **kwargs).float(), 1)
-        for ax in self.mirror_axes:
-            flipped = self.inferer(inputs.flip(ax + 2), network, *args, **kwargs)
-            probs = probs + torch.softmax(flipped.float(), 1).flip(ax + 2)
-        return probs / (1 + len(self.mirror_axes))
-
-
-class OverlayPNGd:
-    """Write ``<case>_overlay.png``: the axial slice with the most predicted kidney, prediction in red.
-
-    A dictionary transform for the inference postprocessing, placed BEFORE inversion (image and prediction are
-    then on the same RAS grid).
-
-    Args:
-        image_key: key of the (preprocessed) image ``(1, X, Y, Z)``.
-        pred_key: key of the class probabilities ``(C, X, Y, Z)`` (or a label map ``(1, X, Y, Z)``).
-        output_dir: folder for the PNGs (created).
-    """
-
-    def __init__(self, image_key: str, pred_key: str, output_dir: str | os.PathLike) -> None:
-        self.image_key, self.pred_key = image_key, pred_key
-        self.output_dir = Path(output_dir)
-
-    def __call__(self, data: Mapping[str, Any]) -> Mapping[str, Any]:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        from tlk_components.engines.reporting import save_figure
-
-        img = torch.as_tensor(data[self.image_key]).detach().float().cpu()[0]
-        pred = torch.as_tensor(data[self.pred_key]).detach().float().cpu()
-        mask = (pred.argmax(0) if pred.shape[0] > 1 else pred[0]) > 0
-        z = int(mask.sum((0, 1)).argmax()) if bool(mask.any()) else img.shape[-1] // 2
-        meta = getattr(data[self.image_key], "meta", {}) or {}
-        name = Path(str(meta.get("filename_or_obj", "case"))).name.removesuffix(".gz").removesuffix(".nii")
-        if name == "imaging":
-            name = Path(str(meta["filename_or_obj"])).parent.name
-        fig, ax = plt.subplots(figsize=(4, 4))
-        ax.imshow(img[:, :, z].T, cmap="gray", origin="lower")
-        ax.imshow(torch.where(mask[:, :, z], 1.0, float("nan")).T, cmap="autumn", alpha=0.5, origin="lower",
-                  vmin=0, vmax=1)
-        ax.set_title(f"{name}: kidney, slice {z}")
-        ax.axis("off")
-        save_figure(fig, self.output_dir / f"{name}_overlay.png")
-        return data
-
-
-def _case_name(item: Mapping[str, Any], index: int) -> str:
-    if not isinstance(item.get("image"), str | os.PathLike):
-        return f"case_{index}"
-    p = Path(item["image"])
-    return p.parent.name if p.name.startswith("imaging") else p.name.removesuffix(".nii.gz")
+    if not labels_dir:
+        return [dict(d) for d in datalist]
+    base = Path(labels_dir)
+    if not base.is_dir():
+        raise DatasetError(f"--labels_dir {base} does not exist; point it at the folder of target label files")
+    out, missing = [], []
+    for item in datalist:
+        case = case_name(item["image"])
+        names = (f"{case}/segmentation.nii.gz", f"{case}.nii.gz", f"{case}_seg.nii.gz", f"{case}/segmentation.nii",
+                 f"{case}.nii")
+        found = next((base / n for n in names if (base / n).is_file()), None)
+        if found is None:
+            missing.append(case)
+        else:
+            out.append({**item, "label": str(found)})
+    if missing:
+        raise DatasetError(
+            f"--labels_dir {base}: no label file for {len(missing)} case(s): {', '.join(missing)}; expected "
+            "<case>/segmentation.nii.gz, <case>.nii.gz or <case>_seg.nii.gz for every evaluated image"
+        )
+    report = DatasetReport(f"--labels_dir {base}", fix="give every image a label file of the same geometry")
+    check_pairs([CasePair(case_name(d["image"]), Path(d["image"]), Path(d["label"])) for d in out], report,
+                expected_labels=(0, 1, 2))
+    report.raise_if_bad()
+    return out
 
 
 class TargetDiceEvaluation:
@@ -235,11 +181,11 @@ class TargetDiceEvaluation:
         checkpoints: display name -> ``state_dict`` path; missing files are skipped (at least one must exist).
         datalist: target test items with ``"image"`` and ``"label"``.
         transforms: preprocessing (the training one of the target, with the tumour→kidney label map).
-        inferer: e.g. ``SlidingWindowInferer(roi_size, overlap=0.5, mode="gaussian")``.
+        inferer: e.g. ``seg_inference.GaussianSlidingWindowInferer(roi_size, overlap=0.5, mirror_axes=...)`` (the
+            CT bundles' shared inferer; mirroring test-time augmentation is its ``mirror_axes``).
         device: torch device.
         output_dir: where ``metrics.json``, ``per_case_dice.csv`` and ``dice_per_case.png`` go.
         metric_prefix: metrics are named ``<prefix>_<model name>`` (default ``target_mean_dice_kidney``).
-        mirror_axes: spatial axes flipped for test-time augmentation (default none).
         model_transforms: model name -> preprocessing used for that model instead of ``transforms`` (e.g. the
             adapted model with the target intensity alignment it was adapted with).
 
@@ -257,7 +203,6 @@ class TargetDiceEvaluation:
         device: torch.device | str,
         output_dir: str | os.PathLike,
         metric_prefix: str = "target_mean_dice_kidney",
-        mirror_axes: Sequence[int] = (),
         model_transforms: Mapping[str, Any] | None = None,
     ) -> None:
         if not datalist or any("label" not in d for d in datalist):
@@ -270,14 +215,10 @@ class TargetDiceEvaluation:
         self.device = torch.device(device)
         self.output_dir = Path(output_dir)
         self.metric_prefix = metric_prefix
-        self.mirror_axes = [int(a) for a in mirror_axes]
         self.model_transforms = dict(model_transforms or {})
 
     def _predict(self, x: torch.Tensor) -> torch.Tensor:
-        probs = torch.softmax(self.inferer(x, self.network), 1)
-        for ax in self.mirror_axes:
-            probs = probs + torch.softmax(self.inferer(x.flip(ax + 2), self.network), 1).flip(ax + 2)
-        return probs.argmax(1, keepdim=True)
+        return self.inferer(x, self.network).argmax(1, keepdim=True)
 
     def evaluate(self, path: str | os.PathLike, transforms: Any = None) -> list[float]:
         """Per-case kidney Dice of the weights at ``path`` (same order as the datalist)."""
@@ -304,7 +245,8 @@ class TargetDiceEvaluation:
                 "and train.json first (or pass --ckpt_dir)"
             )
         per_model = {name: self.evaluate(path, self.model_transforms.get(name)) for name, path in present.items()}
-        cases = [_case_name(d, i) for i, d in enumerate(self.datalist)]
+        cases = [case_name(d["image"]) if isinstance(d["image"], str | os.PathLike) else f"case_{i}"
+                 for i, d in enumerate(self.datalist)]
         metrics: dict[str, Any] = {f"{self.metric_prefix}_{k}": float(np.mean(v)) for k, v in per_model.items()}
         metrics["per_case"] = {k: dict(zip(cases, v, strict=True)) for k, v in per_model.items()}
         metrics["n_cases"] = len(cases)

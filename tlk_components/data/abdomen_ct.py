@@ -222,7 +222,9 @@ def parse_flag(name: str, value: bool | str | int) -> bool:
     raise ConfigError(f"{name}={value!r}: expected true or false (e.g. --{name} true)")
 
 
-def save_nifti_like(volume: np.ndarray, reference: nib.Nifti1Image, path: str | os.PathLike, dtype: Any) -> Path:
+def save_nifti_like(
+    volume: np.ndarray, reference: nib.Nifti1Image, path: str | os.PathLike, dtype: Any, descrip: str | None = None
+) -> Path:
     """Write ``volume`` (the reference's voxel grid) with the reference's affine, qform/sform and header, atomically.
 
     Args:
@@ -230,6 +232,7 @@ def save_nifti_like(volume: np.ndarray, reference: nib.Nifti1Image, path: str | 
         reference: the input image (``nibabel``).
         path: output ``.nii.gz`` / ``.nii`` path (parent folders are created).
         dtype: stored data type (``np.uint8`` for label maps, ``np.float32`` for maps).
+        descrip: optional text for the header's ``descrip`` field (at most 79 characters are kept).
 
     Raises:
         ValueError: the shape differs from the reference's.
@@ -242,6 +245,8 @@ def save_nifti_like(volume: np.ndarray, reference: nib.Nifti1Image, path: str | 
     img = nib.Nifti1Image(volume.astype(dtype), reference.affine, header)
     img.set_qform(*reference.get_qform(coded=True))
     img.set_sform(*reference.get_sform(coded=True))
+    if descrip is not None:
+        img.header["descrip"] = descrip.encode("ascii", "replace")[:79]
     if np.issubdtype(np.dtype(dtype), np.integer):
         img.header["scl_slope"], img.header["scl_inter"] = np.nan, np.nan  # labels are stored unscaled
     path = Path(path)

@@ -114,6 +114,10 @@ class AtomicCheckpointSaver:
                 f"AtomicCheckpointSaver: metric {name!r} not in evaluator metrics {list(engine.state.metrics)}"
             )
         value = self.sign * float(engine.state.metrics[name])
+        if self.best is None and self.trainer is not None:
+            # restored by ResumeFromLast (no config reference between the two handlers is needed)
+            restored = getattr(self.trainer.state, "best_metric", None)
+            self.best = None if restored is None else float(restored)
         if self.best is None or value > self.best:
             self.best = value
             if _is_rank0():
@@ -139,7 +143,9 @@ class ResumeFromLast:
         load_dict: named objects with ``load_state_dict`` (same names as the saver's ``save_dict``).
         filename: default ``checkpoint_last.pt``.
         enabled: False disables resuming (``--resume false``).
-        saver: optional :class:`AtomicCheckpointSaver` whose best metric is restored too.
+        saver: optional :class:`AtomicCheckpointSaver` whose best metric is restored too. Not needed when the
+            saver's ``trainer`` is this engine: the restored value is also stored as ``engine.state.best_metric``,
+            where the saver finds it.
         map_location: where tensors are loaded (default CPU; modules then keep their device).
     """
 
@@ -172,6 +178,8 @@ class ResumeFromLast:
             unwrap_model(obj).load_state_dict(ckpt[k])
         engine.state.epoch = int(ckpt["trainer"]["epoch"])
         engine.state.iteration = int(ckpt["trainer"]["iteration"])
-        if self.saver is not None and ckpt.get("best_metric") is not None:
-            self.saver.best = float(ckpt["best_metric"])
+        if ckpt.get("best_metric") is not None:
+            engine.state.best_metric = float(ckpt["best_metric"])
+            if self.saver is not None:
+                self.saver.best = float(ckpt["best_metric"])
         logger.info(f"resumed from {self.path} at epoch {engine.state.epoch}")

@@ -6,7 +6,7 @@
 1. train model ``v`` (``v`` = 0, 1) on view ``v`` of its own training set for up to ``epochs`` epochs (a MONAI
    ``SupervisedTrainer`` with validation after every epoch, ``ReduceLROnPlateau`` on the validation loss, early
    stopping after ``patience`` epochs without improvement, best weights per model saved atomically as
-   ``model0.pt`` / ``model1.pt``);
+   ``model_view0.pt`` / ``model_view1.pt``, the zoo's ``models/model_<name>.pt`` for ``network_def_<name>``);
 2. score the unlabelled pool with both models and exchange pseudo-labels
    (:func:`tlk_components.engines.pseudo_label.exchange_pseudo_labels`): each model's ``k`` most confident picks,
    minus conflicts, join the *other* model's training set; the picks leave the pool;
@@ -55,6 +55,7 @@ __all__ = [
     "CoTrainingEvaluator",
     "CoTrainingPredictor",
     "ViewImages",
+    "model_filename",
     "plot_cotraining_log",
     "predict_proba",
     "read_class_names",
@@ -187,6 +188,21 @@ def predict_proba(
     return torch.cat(out)
 
 
+def model_filename(view: int) -> str:
+    """File name of the best weights of model ``view`` in ``ckpt_dir``: ``model_view<view>.pt``.
+
+    The zoo convention for a bundle with several networks: ``network_def_<name>`` loads ``models/model_<name>.pt``
+    (here ``<name>`` is ``view0`` / ``view1``), so ``tlk verify`` exports the trained weights.
+
+    Args:
+        view: 0 or 1.
+
+    Returns:
+        ``"model_view0.pt"`` or ``"model_view1.pt"``.
+    """
+    return f"model_view{int(view)}.pt"
+
+
 def read_class_names(ckpt_dir: str | os.PathLike) -> list[str]:
     """Class names in index order from ``<ckpt_dir>/classes.json`` (written by :class:`CoTrainer` next to the models).
 
@@ -202,7 +218,7 @@ def read_class_names(ckpt_dir: str | os.PathLike) -> list[str]:
     except (OSError, ValueError, AttributeError, TypeError) as e:
         raise DatasetError(
             f"{path}: class map of the trained models not readable ({type(e).__name__}); train the bundle first "
-            "(training writes it next to model0.pt) or copy the dataset's classes.json there"
+            "(training writes it next to model_view0.pt) or copy the dataset's classes.json there"
         ) from None
 
 
@@ -273,7 +289,7 @@ class CoTrainer:
             0 disables (default 5).
         iteration_patience: stop co-training after this many rounds without a better ensemble validation accuracy;
             0 disables (default 0).
-        ckpt_dir: folder of ``model0.pt``, ``model1.pt`` (best validation accuracy) and ``checkpoint_last.pt``.
+        ckpt_dir: folder of ``model_view0.pt``, ``model_view1.pt`` (best validation accuracy) and ``checkpoint_last.pt``.
         output_dir: folder of the log (JSON/CSV), the PNG and TensorBoard event files.
         resume: continue from ``checkpoint_last.pt`` when it exists (default True).
         amp: mixed precision on CUDA (ignored on CPU).
@@ -366,7 +382,7 @@ class CoTrainer:
                 save_dict={"model": self.networks[v]},
                 save_last=False,
                 key_metric_name="val_accuracy",
-                key_metric_filename=f"model{v}.pt",
+                key_metric_filename=model_filename(v),
             )
             for v in (0, 1)
         ]
@@ -674,8 +690,16 @@ class CoTrainer:
 
 def _load_models(networks: Sequence[nn.Module], ckpt_dir: str | os.PathLike, device: torch.device) -> None:
     for v, net in enumerate(networks):
-        state = load_weights(Path(ckpt_dir) / f"model{v}.pt", map_location=device)
-        unwrap_model(net).load_state_dict(state)
+        path = Path(ckpt_dir) / model_filename(v)
+        state = load_weights(path, map_location=device)
+        try:
+            unwrap_model(net).load_state_dict(state)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
+            raise ConfigError(
+                f"{path} does not fit the view-{v} network ({first}); the config's network (view{v}_network, "
+                "num_classes) must match the trained one: set num_classes to the number of classes in classes.json"
+            ) from None
         net.eval()
 
 
@@ -695,7 +719,7 @@ class CoTrainingEvaluator:
         splits: as for :class:`CoTrainer`.
         networks: the two classifiers (architecture as trained).
         preprocessing: path -> tensor, one per view or shared.
-        ckpt_dir: folder of ``model0.pt`` and ``model1.pt``.
+        ckpt_dir: folder of ``model_view0.pt`` and ``model_view1.pt``.
         output_dir: where the files go.
         split: ``"test"`` (default) or ``"val"``.
         device: where the networks run.
@@ -784,8 +808,9 @@ class CoTrainingPredictor:
         output_csv: where predictions go (written atomically).
         networks: the two classifiers.
         preprocessing: path -> tensor, one per view or shared.
-        ckpt_dir: folder of ``model0.pt`` and ``model1.pt``.
-        class_names: class name per index; default: ``<ckpt_dir>/classes.json`` written by training.
+        ckpt_dir: folder of ``model_view0.pt`` and ``model_view1.pt``.
+        class_names: class name per index; default: ``<ckpt_dir>/classes.json`` written by training, read when
+            :meth:`run` starts (so the networks can be built, e.g. by ``tlk verify``, before any training).
         device: where the networks run.
     """
 
@@ -817,6 +842,11 @@ class CoTrainingPredictor:
             predict_proba(self.networks[v], ViewImages(paths, self.preprocessing[v]), ids, self.device)
             for v, paths in enumerate((v0, v1))
         ]
+        if probs[0].shape[1] != len(names):
+            raise ConfigError(
+                f"the networks predict {probs[0].shape[1]} classes but the class map has {len(names)} "
+                f"({self.ckpt_dir / 'classes.json'} or class_names); set num_classes to {len(names)} (as trained)"
+            )
         ens = (probs[0] + probs[1]) / 2
         conf, pred = ens.max(1)
         has_label = any(labels)

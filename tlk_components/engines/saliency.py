@@ -46,6 +46,7 @@ from monai.config import KeysCollection
 from monai.inferers import sliding_window_inference
 from monai.networks.nets.attentionunet import AttentionBlock
 from monai.transforms import MapTransform
+from nibabel.orientations import apply_orientation, io_orientation
 from torch import nn
 
 from tlk_components.data.abdomen_ct import parse_flag, save_nifti_like
@@ -315,12 +316,13 @@ def _overlay_png(ct: np.ndarray, maps: Sequence[np.ndarray], titles: Sequence[st
     for ax in axes.ravel():
         ax.axis("off")
     for ax, m, title in zip(axes.ravel(), maps, titles, strict=False):
-        z = int(np.argmax(m.reshape(-1, m.shape[-1]).sum(0))) if m.ndim == 3 else 0
-        ct_slice = ct[..., z] if ct.ndim == 3 else ct
-        m_slice = m[..., z] if m.ndim == 3 else m
-        ax.imshow(np.rot90(ct_slice), cmap="gray", vmin=vmin, vmax=vmax)
-        ax.imshow(np.rot90(m_slice), cmap="jet", alpha=0.45 * (np.rot90(m_slice) > 0.05), vmin=0, vmax=1)
-        note = f"slice {z}" if float(m.max()) > 0 else "not predicted"
+        z = int(np.argmax(m.reshape(-1, m.shape[-1]).max(0))) if m.ndim == 3 else 0  # slice of the peak
+        # arrays are RAS here: rotate so anterior is up and flip so the patient's right is on the left (radiological)
+        ct_slice = np.fliplr(np.rot90(ct[..., z] if ct.ndim == 3 else ct))
+        m_slice = np.fliplr(np.rot90(m[..., z] if m.ndim == 3 else m))
+        ax.imshow(ct_slice, cmap="gray", vmin=vmin, vmax=vmax)
+        ax.imshow(m_slice, cmap="jet", alpha=0.45 * (m_slice > 0.05), vmin=0, vmax=1)
+        note = f"axial slice {z} (RAS)" if float(m.max()) > 0 else "not predicted"
         ax.set_title(f"{title.replace('_', ' ')}\n({note})", fontsize=8)
     fig.suptitle(suptitle, fontsize=10)
     return save_figure(fig, path)
@@ -338,8 +340,8 @@ def save_saliency(
     """Write Grad-CAM and attention maps as NIfTI (the input's affine and header) and PNG overlays on the CT.
 
     Files, in ``<output_dir>/<case>/``: ``gradcam_<organ>.nii.gz`` per organ, ``attention_gate<i>.nii.gz`` per gate
-    (``i = 0`` finest), ``gradcam.png`` (one panel per organ on the axial slice where its map is strongest) and
-    ``attention.png``.
+    (``i = 0`` finest), ``gradcam.png`` (one panel per organ on the axial slice holding its map's peak) and
+    ``attention.png`` (gate ``i`` is ``gate_names[i]``, finest first).
 
     Args:
         maps: ``{"gradcam": (K, *spatial), "attention": (G, *spatial)}`` already in the input image's voxel grid.
@@ -348,7 +350,7 @@ def save_saliency(
         output_dir: root folder of the saliency outputs.
         case: case name (sub-folder).
         class_names: ``K`` organ names, in the order of ``maps["gradcam"]``.
-        gate_names: ``G`` gate module names (for the PNG titles).
+        gate_names: ``G`` gate module names (written into each gate file's NIfTI ``descrip`` field).
 
     Returns:
         The paths written.
@@ -375,13 +377,20 @@ def save_saliency(
         if names is not None and len(names) != arr.shape[0]:
             raise ValueError(f"{case}: {arr.shape[0]} Grad-CAM maps but {len(names)} class names {list(names)}")
         labels = list(names) if names is not None else [str(i) for i in range(arr.shape[0])]
+        descrips = [f"Grad-CAM {n}" for n in labels] if key == "gradcam" else list(gate_names) or labels
         for i, label in enumerate(labels):
-            written.append(save_nifti_like(arr[i], reference, out_dir / f"{stem}{_safe(label)}.nii.gz", np.float32))
+            path = out_dir / f"{stem}{_safe(label)}.nii.gz"
+            written.append(
+                save_nifti_like(arr[i], reference, path, np.float32, descrips[i] if i < len(descrips) else None)
+            )
         if key == "gradcam":
             titles = [f"Grad-CAM {n}" for n in labels]
         else:
-            titles = [f"gate {i}: {g}" for i, g in enumerate(gate_names or labels)]
-        written.append(_overlay_png(ct_np, list(arr), titles, out_dir / f"{key}.png", f"{case}: {key}"))
+            titles = [f"gate {i} ({'finest' if i == 0 else 'coarser'})" for i in range(len(labels))]
+        ornt = io_orientation(reference.affine)  # display in RAS whatever the on-disk orientation
+        ras_maps = [apply_orientation(a, ornt) for a in arr]
+        ras_ct = apply_orientation(ct_np, ornt)
+        written.append(_overlay_png(ras_ct, ras_maps, titles, out_dir / f"{key}.png", f"{case}: {key}"))
     return written
 
 
@@ -451,7 +460,7 @@ class SaveSaliencyd(MapTransform):
         keys: ``(gradcam_key, attention_key)``; default ``("gradcam", "attention")``.
         output_dir: root folder (one sub-folder per case).
         class_names: organ names of the Grad-CAM channels.
-        gate_names: names of the attention gates (for the PNG titles); default none.
+        gate_names: names of the attention gates (stored in the NIfTI ``descrip`` field); default none.
         image_key: key of the image whose metadata names the input file; default ``"image"``.
         enabled: False (or ``"false"``) makes the transform a no-op; default True.
     """

@@ -17,9 +17,11 @@ Deliberate addition: the classification bias is initialised to ``-log((1 - pi) /
 ``pi = 0.01``; the document does not), so training starts with every anchor at probability ``pi`` instead of
 0.5, which keeps the first focal-loss steps from being dominated by the ~10^4 negatives.
 
-Outputs: ``{"classification": [B, A*K, gh, gw] per level, "box_regression": [B, A*4, gh, gw] per level}`` in
-increasing level order (MONAI ``RetinaNet`` format; in 3-D mode each map has a slice axis: ``[B, C, Z, gh, gw]``).
-The same dict is returned in training and evaluation.
+Outputs: ``{"classification": ([B, A*K, gh, gw] per level), "box_regression": ([B, A*4, gh, gw] per level)}``
+in increasing level order (MONAI ``RetinaNet`` format, with tuples instead of lists; in 3-D mode each map has a
+slice axis: ``[B, C, Z, gh, gw]``). The same dict is returned in training and evaluation. Tuples, not lists, so
+that ``torch.jit.trace`` accepts the output (a dict of str to tuples of tensors) and ``ckpt_export`` can export
+the network; every consumer (loss, decoder) takes any sequence of maps.
 """
 
 from __future__ import annotations
@@ -144,7 +146,19 @@ class BoxFPN(nn.Module):
             nn.init.normal_(final.weight, std=0.01)
             nn.init.zeros_(final.bias)
 
-    def forward(self, x: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+    def forward(self, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, ...]]:
+        """Run the backbone and heads.
+
+        Args:
+            x: ``[B, in_channels, H, W]`` (2-D) or ``[B, in_channels, Z, H, W]`` (3-D), ``(H, W) == image_shape``.
+
+        Returns:
+            ``{"classification": tuple of [B, A*K, ...] maps, "box_regression": tuple of [B, A*4, ...] maps}``, one
+            map per level of ``params.levels`` in increasing order.
+
+        Raises:
+            ValueError: wrong number of dimensions or in-plane size.
+        """
         expected = 2 + self.spatial_dims
         if x.ndim != expected:
             raise ValueError(
@@ -167,6 +181,6 @@ class BoxFPN(nn.Module):
             top = self.merge[str(c)](self.upsample(top) + self.lateral[str(c)](feats[c]))
             maps[c] = top
         return {
-            "classification": [self.cls_heads[str(c)](maps[c]) for c in self.levels],
-            "box_regression": [self.reg_heads[str(c)](maps[c]) for c in self.levels],
+            "classification": tuple(self.cls_heads[str(c)](maps[c]) for c in self.levels),
+            "box_regression": tuple(self.reg_heads[str(c)](maps[c]) for c in self.levels),
         }

@@ -318,20 +318,24 @@ def check_archive(zf: zipfile.ZipFile, name: str) -> None:
 
 
 def _extract_members(zf: zipfile.ZipFile, dest: Path) -> None:
-    links = []
+    """Write the (already checked) members under ``dest``; files get the default permissions (+x if archived so)."""
+    links, made = [], set()
     for info in zf.infolist():
         target = dest / info.filename.replace("\\", "/")
         mode = info.external_attr >> 16
         if stat.S_ISLNK(mode):
             links.append((target, zf.read(info).decode("utf-8")))
             continue
+        folder = target if info.is_dir() else target.parent
+        if folder not in made:
+            folder.mkdir(parents=True, exist_ok=True)
+            made.add(folder)
         if info.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
         with zf.open(info) as src, open(target, "xb") as dst:
-            shutil.copyfileobj(src, dst, _CHUNK)
-        os.chmod(target, 0o755 if mode & 0o111 else 0o644)
+            shutil.copyfileobj(src, dst)
+        if mode & 0o111:
+            os.chmod(target, 0o755)
     for path, link_target in links:  # last, so no file is ever written through a link
         path.parent.mkdir(parents=True, exist_ok=True)
         os.symlink(link_target, path)

@@ -512,7 +512,8 @@ def _check_readme(path: Path, res: CheckResult) -> None:
                 f"docs/README.md: '{key}' = {rows[key]} but metadata.json eval_metrics says {value}; "
                 "write the measured value in both"
             )
-    res.detail = f"{len(metrics)} metric(s) match"
+    if not res.problems:
+        res.detail = f"{len(metrics)} metric(s) match"
 
 
 def _inference_files(path: Path) -> tuple[Path, Path, dict[str, Any]]:

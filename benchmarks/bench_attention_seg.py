@@ -72,11 +72,11 @@ def train_and_evaluate(name: str, variant: list[str], data: Path, out: Path, arg
         "dataset_dir": str(data),
         "ckpt_dir": str(run_dir / "models"),
         "output_dir": str(run_dir / "eval"),
-        "channels": args.channels,
-        "patch_size": args.patch_size,
-        "learning_rate": args.lr,
         "num_threads": args.threads,
     }
+    for key in ("channels", "patch_size", "learning_rate"):  # the bundle's own recipe unless overridden
+        if getattr(args, key) is not None:
+            common[key] = getattr(args, key)
     t_train = _run_bundle(
         ["train.json", *variant], run_dir / "train.log", epochs=args.epochs, val_interval=args.epochs, **common
     )
@@ -103,15 +103,17 @@ def sliding_window_overhead(data: Path, ckpt: Path, args: argparse.Namespace) ->
     configure_threads(args.threads)
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "train.json"))
-    parser.update(
-        {"dataset_dir": str(data), "channels": args.channels, "patch_size": args.patch_size, "bundle_root": str(BUNDLE)}
-    )
+    parser.update({"dataset_dir": str(data), "bundle_root": str(BUNDLE)})
+    if args.channels is not None:
+        parser["channels"] = args.channels
+    if args.patch_size is not None:
+        parser["patch_size"] = args.patch_size
     net = parser.get_parsed_content("network_def").eval()
     net.load_state_dict(load_weights(ckpt))
     transform = parser.get_parsed_content("validate#preprocessing")
     case = btcv_datalist(data, "validation")[0]
     image = transform(case)["image"][None].as_tensor()
-    roi, sw_batch, overlap = args.patch_size, parser["sw_batch_size"], parser["sw_overlap"]
+    roi, sw_batch, overlap = parser["patch_size"], parser["sw_batch_size"], parser["sw_overlap"]
 
     patches: list[torch.Tensor] = []
 
@@ -143,6 +145,8 @@ def sliding_window_overhead(data: Path, ckpt: Path, args: argparse.Namespace) ->
         "sw_ratio": sw / bare,
         "windows": n_windows,
         "image_shape": list(image.shape[2:]),
+        "roi": list(roi),
+        "channels": list(parser["channels"]),
     }
 
 
@@ -167,10 +171,11 @@ def inference_memory(out: Path, ckpt_dir: Path, args: argparse.Namespace) -> dic
     cmd = [
         sys.executable, "-c", code, "run", "--config_file", str(CONFIGS / "inference.json"),
         "--input_dir", str(big_dir), "--output_dir", str(out / "big_pred"), "--ckpt_dir", str(ckpt_dir),
-        "--dataset_dir", str(out / "demo"), "--channels", json.dumps(args.channels),
-        "--patch_size", json.dumps(args.patch_size), "--spacing", json.dumps([round(s, 6) for s in spacing]),
+        "--dataset_dir", str(out / "demo"), "--spacing", json.dumps([round(s, 6) for s in spacing]),
         "--device", "cpu", "--num_threads", str(args.threads),
     ]  # fmt: skip
+    cmd += ["--channels", json.dumps(args.channels)] if args.channels is not None else []
+    cmd += ["--patch_size", json.dumps(args.patch_size)] if args.patch_size is not None else []
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd="/tmp", capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -189,9 +194,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("/tmp/abd_bench"))
     ap.add_argument("--epochs", type=int, default=50)
-    ap.add_argument("--channels", type=lambda s: [int(v) for v in s.split(",")], default=[8, 16, 32, 64])
-    ap.add_argument("--patch_size", type=lambda s: [int(v) for v in s.split(",")], default=[48, 48, 32])
-    ap.add_argument("--lr", type=float, default=0.005)
+    ints = lambda s: [int(v) for v in s.split(",")]  # noqa: E731
+    ap.add_argument("--channels", type=ints, default=None, help="default: train.json's")
+    ap.add_argument("--patch_size", type=ints, default=None, help="default: train.json's (the whole demo volume)")
+    ap.add_argument("--learning_rate", type=float, default=None, help="default: train.json's")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("TLK_NUM_THREADS", "2")))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip_train", action="store_true", help="reuse the models already in --out")
@@ -231,8 +237,8 @@ def main() -> None:
         "inference_256x256x128_s": round(mem["inference_s"], 1),
         "train_s": {k: round(v.get("train_s", 0.0), 1) for k, v in results.items()},
         "epochs": args.epochs,
-        "channels": args.channels,
-        "patch_size": args.patch_size,
+        "channels": sw["channels"],
+        "patch_size": sw["roi"],
         "threads": args.threads,
         "benchmark_rss_gb": round(rss_self, 3),
         "wall_s": round(time.perf_counter() - start, 1),

@@ -8,8 +8,9 @@ real configs (``python -m monai.bundle run``):
 2. the **oracle**: the same network, optimiser and learning rate trained from scratch on target labels
    (``oracle.json``), validated on the target test cases after every epoch; its time is the training time until
    it FIRST reaches its best Dice (validation time excluded);
-3. **adapted**: the best label-free adapter (``train.json``: entropy + class-size prior on target batches,
-   a fixed budget of ``--adapt_epochs x --adapt_epoch_length`` steps — a stopping rule that reads no label);
+3. **adapted**: the default label-free adapter (``train.json``: target intensity alignment, source supervision,
+   entropy + class-size prior on target batches), a fixed budget of ``--adapt_epochs x --adapt_epoch_length``
+   steps — a stopping rule that reads no label;
 4. **DANN** (``train.json`` + ``train_dann.json``): source supervision + encoder adversary, fixed budget;
 5. ``evaluate.json``: target kidney Dice of all four side by side on the held-out target cases.
 
@@ -17,9 +18,14 @@ Prints a table, ratios and peak RSS of the child processes; the LAST line is one
 ``dice_source_only, dice_adapted, dice_dann, dice_oracle, dice_ratio, speedup, speedup_incl_pretrain,
 peak_rss_gb`` (plus times). Run it alone on the machine (``flock /tmp/tlk_heavy.lock``); it takes minutes.
 
+With ``--variants '{"name": {overrides of train.json}, ...}'`` it instead adapts each variant from the
+pretrained model already in ``--out/models`` and prints one table of all of them beside source-only and the oracle
+(the README's variant table).
+
 Usage::
 
     python benchmarks/bench_kidney_da.py --out /tmp/kidney_da_bench
+    python benchmarks/bench_kidney_da.py --out /tmp/kidney_da_bench --variants '{"lr_1e-3": {"learning_rate": 0.001}}'
 """
 
 from __future__ import annotations
@@ -67,10 +73,10 @@ def _variants(out: Path, common: dict[str, Any], variants: dict[str, dict[str, A
     ckpts = {"source_only": str(models / "pretrained.pt"), "oracle": str(models / "oracle.pt")}
     times: dict[str, float] = {}
     for name, overrides in variants.items():
+        run_args = {"epochs": args.adapt_epochs, "epoch_length": args.adapt_epoch_length, **overrides}
         _run(["train.json"], out / f"variant_{name}.log", **common, ckpt_dir=out / f"models_v_{name}",
              output_dir=out / f"eval_v_{name}", pretrained_path=models / "pretrained.pt",
-             plans_file=models / "plans.json", epochs=args.adapt_epochs, epoch_length=args.adapt_epoch_length,
-             val_interval=10**6, resume=False, **overrides)
+             plans_file=models / "plans.json", val_interval=10**6, resume=False, **run_args)
         times[name] = _json(out / f"eval_v_{name}" / "adapt_time.json")["train_time_s"]
         ckpts[name] = str(out / f"models_v_{name}" / "model.pt")
     _run(["train.json", "evaluate.json"], out / "evaluate_variants.log", **common, ckpt_dir=models,

@@ -1,5 +1,5 @@
 # Copyright (c) TLK Model Zoo contributors. Licensed under the Apache License, Version 2.0.
-"""Tests of the abdomen_ct_attention_segmentation helpers: CT windowing, class count, flags, NIfTI writer."""
+"""Tests of the abdomen_ct_attention_segmentation helpers: CT windowing, class count, and the shared NIfTI writer."""
 
 from __future__ import annotations
 
@@ -12,16 +12,8 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from tlk_components.data.abdomen_ct import (
-    CTIntensityd,
-    NonCTRangeWarning,
-    SaveLikeInputd,
-    image_datalist,
-    organ_names,
-    parse_flag,
-    resolve_num_classes,
-    save_nifti_like,
-)
+from tlk_components.data.abdomen_ct import CTIntensityd, NonCTRangeWarning, organ_names, resolve_num_classes
+from tlk_components.engines.seg_inference import SaveNiftiLikeInputd
 from tlk_components.utils.errors import ConfigError, DatasetError
 
 
@@ -75,17 +67,8 @@ def test_num_classes_from_data_and_checked(tmp_path) -> None:
     assert resolve_num_classes(tmp_path / "no_json_here", "auto") == 14  # BTCV's labels
 
 
-@pytest.mark.parametrize("value, expected", [(True, True), ("true", True), ("False", False), ("0", False), (1, True)])
-def test_parse_flag(value, expected) -> None:
-    assert parse_flag("saliency", value) is expected
-
-
-def test_ill_flag() -> None:
-    with pytest.raises(ConfigError, match="saliency='maybe': expected true or false"):
-        parse_flag("saliency", "maybe")
-
-
-def test_save_like_input_keeps_affine_and_header(tmp_path) -> None:
+def test_shared_writer_keeps_btcv_affine_and_header(tmp_path) -> None:
+    """The bundle writes predictions with the shared SaveNiftiLikeInputd: values, affine, header text and codes."""
     affine = np.array([[-1.5, 0, 0, 90], [0, -1.5, 0, 120], [0, 0, 2.5, -60], [0, 0, 0, 1]], dtype=float)
     src = nib.Nifti1Image(np.zeros((5, 4, 3), np.int16), affine)
     src.header["descrip"] = b"scanner X"
@@ -94,20 +77,10 @@ def test_save_like_input_keeps_affine_and_header(tmp_path) -> None:
     nib.save(src, tmp_path / "img0061.nii.gz")
     pred = np.random.default_rng(0).integers(0, 14, (1, 5, 4, 3))
     image = MetaTensor(torch.zeros(1, 5, 4, 3), meta={"filename_or_obj": str(tmp_path / "img0061.nii.gz")})
-    SaveLikeInputd("pred", tmp_path / "out")({"pred": torch.as_tensor(pred), "image": image})
+    SaveNiftiLikeInputd("pred", tmp_path / "out")({"pred": torch.as_tensor(pred), "image": image})
     out = nib.load(tmp_path / "out" / "img0061_seg.nii.gz")
     assert np.array_equal(np.asarray(out.dataobj), pred[0]) and out.get_data_dtype() == np.uint8
     assert np.allclose(out.affine, affine) and out.header["descrip"] == b"scanner X"
     assert int(out.header["sform_code"]) == 2 and int(out.header["qform_code"]) == 1
-    with pytest.raises(ValueError, match="differs from the input"):
-        save_nifti_like(np.zeros((2, 2, 2)), src, tmp_path / "bad.nii.gz", np.uint8)
-
-
-def test_image_datalist(tmp_path) -> None:
-    for name in ("img0062.nii.gz", "img0061.nii", "notes.txt"):
-        (tmp_path / name).write_bytes(b"")
-    assert [d["image"].rsplit("/", 1)[1] for d in image_datalist(tmp_path)] == ["img0061.nii", "img0062.nii.gz"]
-    with pytest.raises(DatasetError, match="does not exist"):
-        image_datalist(tmp_path / "missing")
-    with pytest.raises(DatasetError, match="holds no .nii.gz"):
-        image_datalist(tmp_path / "empty" if (tmp_path / "empty").mkdir() is None else tmp_path)
+    with pytest.raises(DatasetError, match="invert the preprocessing"):
+        SaveNiftiLikeInputd("pred", tmp_path / "out")({"pred": torch.zeros(1, 2, 2, 2), "image": image})

@@ -119,3 +119,20 @@ def test_loss_curve_png(tmp_path):
 def test_moving_average_and_jsonable():
     assert moving_average([1, 2, 3, 4], 2).tolist() == [1.0, 1.5, 2.5, 3.5]
     assert to_jsonable({"a": torch.tensor([1.0]), 2: float("inf")}) == {"a": [1.0], "2": None}
+
+
+def test_loss_curve_every_n_epochs_still_draws_at_the_end(tmp_path):
+    net = torch.nn.Linear(2, 1)
+    trainer = _trainer(net, torch.optim.SGD(net.parameters(), lr=0.1))
+    plotter = LossCurvePlotter(tmp_path, every_n_epochs=10)
+    plotter.attach(trainer)
+    drawn = []
+    orig = plotter._plot
+    plotter._plot = lambda e: drawn.append(e.state.epoch) or orig(e)
+    trainer.remove_event_handler(orig, Events.COMPLETED)
+    trainer.add_event_handler(Events.COMPLETED, plotter._plot)
+    trainer.run([torch.randn(4, 2)], max_epochs=3)
+    assert drawn == [3]
+    assert (tmp_path / "loss_curve.png").is_file()
+    with pytest.raises(ValueError, match="every_n_epochs=0"):
+        LossCurvePlotter(tmp_path, every_n_epochs=0)

@@ -104,3 +104,32 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+@pytest.mark.parametrize("value,expected", [(True, True), ("true", True), ("False", False), ("1", True), ("no", False)])
+def test_parse_flag(value, expected):
+    from tlk_components.utils import parse_flag
+
+    assert parse_flag("saliency", value) is expected
+
+
+def test_ill_parse_flag():
+    from tlk_components.utils import parse_flag
+
+    with pytest.raises(ConfigError, match="saliency='maybe': expected true or false"):
+        parse_flag("saliency", "maybe")
+
+
+def test_configure_threads_shares_cores_between_torchrun_processes(monkeypatch):
+    from tlk_components.utils import runtime
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("TLK_NUM_THREADS", raising=False)
+        monkeypatch.setattr(runtime, "_available_cores", lambda: 8)
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+        assert configure_threads(0) == 2
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
+        assert configure_threads(0) == 1
+    finally:
+        torch.set_num_threads(before)

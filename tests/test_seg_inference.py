@@ -134,3 +134,34 @@ def test_input_datalist_layouts(demo, tmp_path):
         input_datalist(tmp_path)
     with pytest.raises(DatasetError, match="does not exist"):
         input_datalist(tmp_path / "nope")
+
+
+def test_save_like_input_keeps_distinct_qform_and_sform(tmp_path):
+    """A reference whose qform and sform differ (both coded) keeps both, with their codes, in label maps and in
+    float maps (save_nifti_like); a volume of the wrong shape is refused."""
+    from monai.data import MetaTensor
+
+    from tlk_components.engines.seg_inference import save_nifti_like
+
+    sform = np.diag([-3.0, -3.0, 4.0, 1.0])
+    sform[:3, 3] = (10.0, 20.0, -30.0)
+    qform = np.diag([-3.0, -3.0, 4.0, 1.0])
+    ref = nib.Nifti1Image(np.zeros((4, 5, 6), np.int16), sform)
+    ref.set_sform(sform, code=2)
+    ref.set_qform(qform, code=1)
+    src = tmp_path / "img0001.nii.gz"
+    nib.save(ref, src)
+    pred = MetaTensor(torch.ones(1, 4, 5, 6), meta={"filename_or_obj": str(src)})
+    SaveNiftiLikeInputd("pred", output_dir=tmp_path / "out")({"pred": pred})
+    save_nifti_like(np.full((4, 5, 6), 0.5), nib.load(src), tmp_path / "out/map.nii.gz", descrip="grad-cam spleen")
+    for name, dtype in (("img0001_seg.nii.gz", np.uint8), ("map.nii.gz", np.float32)):
+        out = nib.load(tmp_path / "out" / name)
+        assert out.get_data_dtype() == dtype
+        q, qcode = out.get_qform(coded=True)
+        s, scode = out.get_sform(coded=True)
+        assert (int(qcode), int(scode)) == (1, 2)
+        np.testing.assert_allclose(q, qform, atol=1e-5)
+        np.testing.assert_allclose(s, sform, atol=1e-5)
+    assert bytes(nib.load(tmp_path / "out/map.nii.gz").header["descrip"]).startswith(b"grad-cam spleen")
+    with pytest.raises(DatasetError, match="differs from the input"):
+        save_nifti_like(np.zeros((2, 2, 2)), nib.load(src), tmp_path / "out/bad.nii.gz")

@@ -16,6 +16,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from monai.bundle import ConfigParser
 
 from tests.bundle_utils import BUNDLES, run_bundle
@@ -73,15 +74,26 @@ def test_evaluate_metrics_json_and_csv(trained: Path) -> None:
     assert (trained / "eval" / "dice_per_organ.png").is_file() and (trained / "eval" / "hd95_per_organ.png").is_file()
 
 
-def test_resume_continues_from_last_checkpoint(trained: Path, tiny: Path, tmp_path: Path) -> None:
+def test_resume_continues_and_keeps_a_better_best_model(trained: Path, tiny: Path, tmp_path: Path) -> None:
+    """Resuming restores epoch and best metric (ResumeFromLast -> trainer.state.best_metric -> the saver): a model
+    that does not beat the restored best never overwrites model.pt."""
     run = tmp_path / "resume"
     shutil.copytree(trained / "models", run / "models")
+    last = run / "models" / "checkpoint_last.pt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["best_metric"] is not None  # the first run recorded its best validation Dice
+    ckpt["best_metric"] = 0.99  # pretend the saved model.pt scored 0.99: one epoch more cannot beat it
+    torch.save(ckpt, last)
+    before = (run / "models" / "model.pt").read_bytes()
     proc = run_bundle(
         BUNDLE, "train.json", dataset_dir=tiny, ckpt_dir=run / "models", output_dir=run / "eval", epochs=2,
         val_interval=1, **SMALL,
     )  # fmt: skip
     assert "resumed from" in proc.stdout and "epoch 1" in proc.stdout
     assert "Epoch[2] Complete" in proc.stdout and "Epoch[1] Complete" not in proc.stdout
+    assert "val_mean_dice" in proc.stdout and "saved best model" not in proc.stdout
+    assert (run / "models" / "model.pt").read_bytes() == before
+    assert torch.load(last, map_location="cpu", weights_only=True)["best_metric"] == pytest.approx(0.99)
 
 
 def test_inference_without_saliency(trained: Path, tiny: Path, tmp_path: Path) -> None:
@@ -130,7 +142,8 @@ def test_configs_agree() -> None:
     """inference.json repeats train.json's network and preprocessing settings (STYLE P3): they must be equal."""
     train = json.loads((CONFIGS / "train.json").read_text())
     infer = json.loads((CONFIGS / "inference.json").read_text())
-    for key in ("network_def", "channels", "patch_size", "spacing", "intensity_mode", "window_min", "window_max"):
+    keys = ("network_def", "channels", "norm", "patch_size", "spacing", "intensity_mode", "window_min", "window_max")
+    for key in keys:
         assert infer[key] == train[key], key
     assert metadata_errors(CONFIGS / "metadata.json") == []
 

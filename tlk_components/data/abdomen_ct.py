@@ -1,9 +1,11 @@
 # Copyright (c) TLK Model Zoo contributors. Licensed under the Apache License, Version 2.0.
 """Small helpers of ``abdomen_ct_attention_segmentation`` that its data module (``btcv.py``) does not have.
 
-CT intensity scaling (windowing or min-max), the class count and organ names of a multi-organ dataset, and the
-datalist of an inference input folder, a command-line flag parser (``--saliency true``), and a NIfTI writer that
-keeps the input's affine and header (the source lecture's ``nib.Nifti1Image(pred, img.affine, img.header)``).
+CT intensity scaling (windowing or min-max) and the class count and organ names of a multi-organ dataset.
+Inference input lists, sliding-window inference and NIfTI writing with the input's affine and header (the source
+lecture's ``nib.Nifti1Image(pred, img.affine, img.header)``) are shared with ``kidney_ct_da_segmentation`` in
+:mod:`tlk_components.engines.seg_inference`; the ``--saliency true`` flag parser is
+:func:`tlk_components.utils.parse_flag`.
 
 Two intensity options for ``abdomen_ct_attention_segmentation`` (``intensity_mode`` in the configs):
 
@@ -25,27 +27,20 @@ import os
 import re
 import warnings
 from collections.abc import Hashable, Mapping
-from pathlib import Path
 from typing import Any
 
-import nibabel as nib
-import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, ScaleIntensity, ScaleIntensityRange
 
-from tlk_components.utils.errors import ConfigError, DatasetError
+from tlk_components.utils.errors import ConfigError
 from tlk_components.utils.validation import check_positive_int, look_up_option
 
 __all__ = [
     "CTIntensityd",
     "NonCTRangeWarning",
-    "SaveLikeInputd",
-    "image_datalist",
     "organ_names",
-    "parse_flag",
     "resolve_num_classes",
-    "save_nifti_like",
 ]
 
 logger = logging.getLogger(__name__)
@@ -187,117 +182,3 @@ def organ_names(dataset_dir: str | os.PathLike, num_classes: int | None = None) 
         raw = names.get(i, f"class_{i}")
         out.append(re.sub(r"[^0-9a-zA-Z]+", "_", raw).strip("_").lower() or f"class_{i}")
     return out
-
-
-def image_datalist(input_dir: str | os.PathLike) -> list[dict[str, str]]:
-    """``[{"image": path}, ...]`` for every NIfTI file (``*.nii.gz`` / ``*.nii``) in ``input_dir``, sorted.
-
-    Raises:
-        DatasetError: the folder does not exist or holds no NIfTI file.
-    """
-    folder = Path(input_dir)
-    if not folder.is_dir():
-        raise DatasetError(f"input_dir {folder} does not exist; pass --input_dir with the CT volumes to segment")
-    files = sorted(p for p in folder.iterdir() if p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith("."))
-    if not files:
-        raise DatasetError(
-            f"input_dir {folder} holds no .nii.gz / .nii file; expected CT volumes such as img0061.nii.gz"
-        )
-    return [{"image": str(p)} for p in files]
-
-
-def parse_flag(name: str, value: bool | str | int) -> bool:
-    """A boolean from a config or command-line value (``--saliency true`` arrives as the string ``"true"``).
-
-    Raises:
-        ConfigError: anything but true/false/1/0/yes/no (any case).
-    """
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off", "none", ""):
-        return False
-    raise ConfigError(f"{name}={value!r}: expected true or false (e.g. --{name} true)")
-
-
-def save_nifti_like(
-    volume: np.ndarray, reference: nib.Nifti1Image, path: str | os.PathLike, dtype: Any, descrip: str | None = None
-) -> Path:
-    """Write ``volume`` (the reference's voxel grid) with the reference's affine, qform/sform and header, atomically.
-
-    Args:
-        volume: array with ``reference.shape[:3]``.
-        reference: the input image (``nibabel``).
-        path: output ``.nii.gz`` / ``.nii`` path (parent folders are created).
-        dtype: stored data type (``np.uint8`` for label maps, ``np.float32`` for maps).
-        descrip: optional text for the header's ``descrip`` field (at most 79 characters are kept).
-
-    Raises:
-        ValueError: the shape differs from the reference's.
-    """
-    volume = np.asarray(volume)
-    if volume.shape != tuple(reference.shape[:3]):
-        raise ValueError(f"{path}: volume shape {volume.shape} differs from the input's {tuple(reference.shape[:3])}")
-    header = reference.header.copy()
-    header.set_data_dtype(dtype)
-    img = nib.Nifti1Image(volume.astype(dtype), reference.affine, header)
-    img.set_qform(*reference.get_qform(coded=True))
-    img.set_sform(*reference.get_sform(coded=True))
-    if descrip is not None:
-        img.header["descrip"] = descrip.encode("ascii", "replace")[:79]
-    if np.issubdtype(np.dtype(dtype), np.integer):
-        img.header["scl_slope"], img.header["scl_inter"] = np.nan, np.nan  # labels are stored unscaled
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{''.join(path.suffixes)}")
-    nib.save(img, str(tmp))
-    os.replace(tmp, path)
-    return path
-
-
-class SaveLikeInputd(MapTransform):
-    """Write a label map as ``<output_dir>/<case><postfix>.nii.gz`` with the input file's affine and header.
-
-    The input file is ``d[image_key].meta["filename_or_obj"]``; the prediction must already be in its voxel grid
-    (``Invertd`` first) as ``(1, *spatial)`` or ``(*spatial)``.
-
-    Args:
-        keys: the prediction key (one), default ``"pred"``.
-        output_dir: output folder (created).
-        postfix: appended to the input's case name; default ``"_seg"`` (``img0061.nii.gz`` ->
-            ``img0061_seg.nii.gz``, as in the source lecture).
-        image_key: key of the loaded input image; default ``"image"``.
-        dtype: stored type; default ``uint8`` (up to 255 classes).
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection = "pred",
-        output_dir: str | os.PathLike = "predictions",
-        postfix: str = "_seg",
-        image_key: str = "image",
-        dtype: Any = np.uint8,
-    ) -> None:
-        super().__init__(keys)
-        self.output_dir = Path(output_dir)
-        self.postfix = postfix
-        self.image_key = image_key
-        self.dtype = dtype
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        meta = getattr(d[self.image_key], "meta", None) or {}
-        source = meta.get("filename_or_obj")
-        if not source:
-            raise ValueError(f"SaveLikeInputd: d[{self.image_key!r}] has no 'filename_or_obj'; load it with LoadImaged")
-        reference = nib.load(str(source))
-        name = Path(str(source)).name
-        stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else Path(name).stem
-        for key in self.key_iterator(d):
-            arr = torch.as_tensor(d[key]).detach().cpu().numpy()
-            if arr.ndim == len(reference.shape[:3]) + 1:
-                arr = arr[0]
-            save_nifti_like(np.rint(arr), reference, self.output_dir / f"{stem}{self.postfix}.nii.gz", self.dtype)
-        return d

@@ -116,7 +116,7 @@ class AtomicCheckpointSaver:
         value = self.sign * float(engine.state.metrics[name])
         if self.best is None and self.trainer is not None:
             # restored by ResumeFromLast (no config reference between the two handlers is needed)
-            restored = getattr(self.trainer.state, "best_metric", None)
+            restored = getattr(self.trainer.state, "tlk_resumed_best_metric", None)
             self.best = None if restored is None else float(restored)
         if self.best is None or value > self.best:
             self.best = value
@@ -144,7 +144,8 @@ class ResumeFromLast:
         filename: default ``checkpoint_last.pt``.
         enabled: False disables resuming (``--resume false``).
         saver: optional :class:`AtomicCheckpointSaver` whose best metric is restored too. Not needed when the
-            saver's ``trainer`` is this engine: the restored value is also stored as ``engine.state.best_metric``,
+            saver's ``trainer`` is this engine: the restored value is also stored as ``engine.state.tlk_resumed_best_metric``
+            (MONAI engines own ``state.best_metric``),
             where the saver finds it.
         map_location: where tensors are loaded (default CPU; modules then keep their device).
     """
@@ -179,7 +180,7 @@ class ResumeFromLast:
         engine.state.epoch = int(ckpt["trainer"]["epoch"])
         engine.state.iteration = int(ckpt["trainer"]["iteration"])
         if ckpt.get("best_metric") is not None:
-            engine.state.best_metric = float(ckpt["best_metric"])
+            engine.state.tlk_resumed_best_metric = float(ckpt["best_metric"])
             if self.saver is not None:
                 self.saver.best = float(ckpt["best_metric"])
         logger.info(f"resumed from {self.path} at epoch {engine.state.epoch}")

@@ -386,6 +386,11 @@ class CoTrainer:
             )
             for v in (0, 1)
         ]
+        for saver in self.savers:
+            # the best accuracy per model lives in this engine's own checkpoint (state_dict "best<v>"); starting from
+            # -inf (not None) keeps the saver from taking the evaluator's MONAI ``state.best_metric`` as a restored
+            # value (that one already holds the current epoch's accuracy, so nothing would ever be saved)
+            saver.best = float("-inf")
         self.history: list[dict[str, Any]] = []
         self._images: list[ViewImages] | None = None
         self._writer: Any = None
@@ -447,7 +452,8 @@ class CoTrainer:
             self.train_ids[v] = ckpt[f"train_ids{v}"].numpy()
             self.train_labels[v] = ckpt[f"train_labels{v}"].numpy()
             self.train_pseudo[v] = ckpt[f"train_pseudo{v}"].numpy()
-            self.savers[v].best = ckpt[f"best{v}"]
+            best = ckpt.get(f"best{v}")
+            self.savers[v].best = float("-inf") if best is None else float(best)
         self.pool = ckpt["pool"].numpy()
         self.start_iteration = int(ckpt["iteration"])
         self.finished = bool(ckpt["finished"])

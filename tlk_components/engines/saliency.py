@@ -49,10 +49,10 @@ from monai.transforms import MapTransform
 from nibabel.orientations import apply_orientation, io_orientation
 from torch import nn
 
-from tlk_components.data.abdomen_ct import parse_flag, save_nifti_like
 from tlk_components.engines.checkpoint import unwrap_model
+from tlk_components.engines.seg_inference import save_nifti_like
 from tlk_components.utils.errors import ConfigError
-from tlk_components.utils.validation import check_in_range, check_positive_int, look_up_option
+from tlk_components.utils.validation import check_in_range, check_positive_int, look_up_option, parse_flag
 
 __all__ = [
     "AttentionGateRecorder",
@@ -446,7 +446,8 @@ class SaliencyMapd(MapTransform):
         device = next(self.mapper.network.parameters()).device
         maps = self.mapper(torch.as_tensor(image).detach()[None].to(device))
         d[self.gradcam_key] = maps["gradcam"].cpu()
-        d[self.attention_key] = maps["attention"].cpu()
+        if maps["attention"].shape[0] > 0:  # networks without attention gates get no (empty) map to invert
+            d[self.attention_key] = maps["attention"].cpu()
         return d
 
 
@@ -497,7 +498,7 @@ class SaveSaliencyd(MapTransform):
         case = Path(str(source)).name
         for ext in (".nii.gz", ".nii"):
             case = case[: -len(ext)] if case.endswith(ext) else case
-        maps = {"gradcam": d[self.keys[0]], "attention": d[self.keys[1]]}
+        maps = {"gradcam": d.get(self.keys[0]), "attention": d.get(self.keys[1])}
         ct = np.asarray(reference.dataobj, dtype=np.float32)
         save_saliency(maps, ct, reference, self.output_dir, case, self.class_names, self.gate_names)
         return d

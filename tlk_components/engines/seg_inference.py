@@ -53,6 +53,7 @@ __all__ = [
     "ct_preprocessing",
     "input_datalist",
     "prediction_postprocessing",
+    "save_nifti_like",
     "save_overlay_png",
 ]
 
@@ -344,9 +345,49 @@ class SaveNiftiLikeInputd(MapTransform):
             header = ref.header.copy()
             header.set_data_dtype(self.dtype)
             out = nib.Nifti1Image(np.rint(arr).astype(self.dtype), ref.affine, header=header)
+            out.set_qform(*ref.get_qform(coded=True))  # keep both orientation matrices and their codes as given
+            out.set_sform(*ref.get_sform(coded=True))
             out.header.set_slope_inter(1.0, 0.0)
             save_nifti(out, self.output_dir / f"{case_name(src)}{self.output_postfix}.nii.gz")
         return d
+
+
+def save_nifti_like(
+    volume: np.ndarray,
+    reference: nib.Nifti1Image,
+    path: str | os.PathLike,
+    dtype: Any = np.float32,
+    descrip: str | None = None,
+) -> Path:
+    """Write ``volume`` (on the reference's voxel grid) with the reference's affine, header, qform and sform.
+
+    For non-label volumes on the input grid (e.g. saliency maps); label maps go through :class:`SaveNiftiLikeInputd`.
+
+    Args:
+        volume: array of shape ``reference.shape[:3]``.
+        reference: the input image (nibabel).
+        path: output ``.nii.gz`` path (written atomically, folders created).
+        dtype: stored data type. Default float32.
+        descrip: optional header ``descrip`` text (at most 79 characters are kept).
+
+    Returns:
+        the written path.
+
+    Raises:
+        DatasetError: the shape differs from the reference's.
+    """
+    volume = np.asarray(volume)
+    if volume.shape != tuple(reference.shape[:3]):
+        raise DatasetError(f"{path}: volume shape {volume.shape} differs from the input's {tuple(reference.shape[:3])}")
+    header = reference.header.copy()
+    header.set_data_dtype(dtype)
+    img = nib.Nifti1Image(volume.astype(dtype), reference.affine, header=header)
+    img.set_qform(*reference.get_qform(coded=True))
+    img.set_sform(*reference.get_sform(coded=True))
+    img.header.set_slope_inter(1.0, 0.0)
+    if descrip is not None:
+        img.header["descrip"] = descrip.encode("ascii", "replace")[:79]
+    return save_nifti(img, path)
 
 
 def prediction_postprocessing(

@@ -10,7 +10,13 @@ from tlk_components.utils.io import (
     load_weights,
 )
 from tlk_components.utils.runtime import configure_threads, resolve_device
-from tlk_components.utils.validation import check_in_range, check_positive_int, check_probability, look_up_option
+from tlk_components.utils.validation import (
+    check_in_range,
+    check_positive_int,
+    check_probability,
+    look_up_option,
+    parse_flag,
+)
 
 __all__ = [
     "ConfigError",
@@ -26,5 +32,6 @@ __all__ = [
     "configure_threads",
     "load_weights",
     "look_up_option",
+    "parse_flag",
     "resolve_device",
 ]

@@ -24,7 +24,10 @@ def _available_cores() -> int:
 
 
 def configure_threads(num_threads: int | None = None) -> int:
-    """Set torch's intra-op threads to ``num_threads`` (default: env ``TLK_NUM_THREADS`` or the usable cores).
+    """Set torch's intra-op threads to ``num_threads``.
+
+    The default is env ``TLK_NUM_THREADS``, else the usable cores divided by the processes torchrun started on this
+    machine (``LOCAL_WORLD_SIZE``).
 
     Inter-op threads are set to 1 once (torch forbids changing them after the first parallel op).
 
@@ -36,7 +39,9 @@ def configure_threads(num_threads: int | None = None) -> int:
     """
     if num_threads in (None, 0):
         env = os.environ.get("TLK_NUM_THREADS")
-        num_threads = int(env) if env else _available_cores()
+        # several processes on one machine (torchrun) share its cores
+        local_procs = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        num_threads = int(env) if env else max(1, _available_cores() // local_procs)
     if int(num_threads) < 1:
         raise ConfigError(f"num_threads={num_threads}: expected an integer >= 1 (or 0 for the number of cores)")
     torch.set_num_threads(int(num_threads))

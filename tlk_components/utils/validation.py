@@ -9,7 +9,7 @@ from typing import Any
 
 from tlk_components.utils.errors import ConfigError
 
-__all__ = ["check_in_range", "check_positive_int", "check_probability", "look_up_option"]
+__all__ = ["check_in_range", "check_positive_int", "check_probability", "look_up_option", "parse_flag"]
 
 
 def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -68,3 +68,19 @@ def look_up_option(name: str, value: Any, options: Iterable[Any]) -> Any:
     close = difflib.get_close_matches(str(value), [str(o) for o in opts], n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise ConfigError(f"{name}={value!r} is not supported; expected one of {opts}.{hint}")
+
+
+def parse_flag(name: str, value: bool | str | int) -> bool:
+    """A boolean from a config or command-line value (``--saliency true`` arrives as the string ``"true"``).
+
+    Raises:
+        ConfigError: anything but true/false/1/0/yes/no/on/off (any case).
+    """
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", "none", ""):
+        return False
+    raise ConfigError(f"{name}={value!r}: expected true or false (e.g. --{name} true)")

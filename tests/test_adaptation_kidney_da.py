@@ -125,3 +125,13 @@ def test_intensity_alignment_undoes_a_linear_scanner_shift(tiny: Path, tmp_path:
     assert json.loads(Path(ensure_alignment(tmp_path / "off.json", src, shifted, enabled=False)).read_text())["scale"] == 1
     with pytest.raises(ConfigError, match="unreadable"):
         IntensityAlignd("image", params_file=tmp_path / "missing.json")
+
+
+def test_domain_folders_of_a_demo_folder_not_written_yet(tmp_path: Path) -> None:
+    # configs evaluate source_dir/target_dir BEFORE the demo is written on first use: they must already point inside
+    fresh = tmp_path / "fresh"
+    assert kidney.source_dir(fresh) == str(fresh / "amos22") and kidney.target_dir(fresh) == str(fresh / "kits19")
+    fresh.mkdir()
+    assert kidney.source_dir(fresh) == str(fresh / "amos22")
+    (fresh / "case_00000").mkdir()  # a plain KiTS19 folder stays itself
+    assert kidney.target_dir(fresh) == str(fresh)

@@ -132,6 +132,14 @@ def test_readme_performance_rows(tmp_path):
     assert "no '## Performance' section" in _problems(verify_bundle(b, checks=["readme_metrics"]), "readme_metrics")
 
 
+def test_readme_performance_section_skips_comments_in_code_blocks(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "## Performance\n```bash\n# reproduce with:\npython x.py\n```\n| accuracy | 0.9 |\n## Next\n| accuracy | 0.1 |\n"
+    )
+    assert readme_metrics(readme)["accuracy"] == "0.9"
+
+
 def test_ill_readme_metric_row_missing(tmp_path):
     b = make_fake_bundle(tmp_path)
     _edit_json(b / "configs" / "metadata.json", lambda m: m["eval_metrics"].update(macro_f1=0.5))

@@ -196,16 +196,27 @@ def write_demo(out_dir: str | os.PathLike, size: str = "demo", seed: int = 0) ->
 # ------------------------------------------------------------------------------------------------ datalists
 
 
+def _not_written_yet(d: Path) -> bool:
+    return not d.is_dir() or not any(d.iterdir())
+
+
 def source_dir(dataset_dir: str | os.PathLike) -> str:
-    """The AMOS22 folder of a demo-style dataset folder (``dataset_dir/amos22``), else ``dataset_dir`` itself."""
+    """The AMOS22 folder of a demo-style dataset folder (``dataset_dir/amos22``), else ``dataset_dir`` itself.
+
+    A missing or empty ``dataset_dir`` gives ``dataset_dir/amos22``: the demo writer fills it later (configs
+    evaluate this path before the demo is written on first use).
+    """
     d = Path(dataset_dir)
-    return str(d / "amos22") if (d / "amos22").is_dir() else str(d)
+    return str(d / "amos22") if (d / "amos22").is_dir() or _not_written_yet(d) else str(d)
 
 
 def target_dir(dataset_dir: str | os.PathLike) -> str:
-    """The KiTS19 folder of a demo-style dataset folder (``dataset_dir/kits19``), else ``dataset_dir`` itself."""
+    """The KiTS19 folder of a demo-style dataset folder (``dataset_dir/kits19``), else ``dataset_dir`` itself.
+
+    A missing or empty ``dataset_dir`` gives ``dataset_dir/kits19`` (see :func:`source_dir`).
+    """
     d = Path(dataset_dir)
-    return str(d / "kits19") if (d / "kits19").is_dir() else str(d)
+    return str(d / "kits19") if (d / "kits19").is_dir() or _not_written_yet(d) else str(d)
 
 
 def _split(items: list, split: str, test_fraction: float) -> list:

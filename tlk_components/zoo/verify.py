@@ -261,7 +261,7 @@ def _iter_targets(node: Any) -> Iterable[str]:
 def readme_metrics(readme: str | os.PathLike) -> dict[str, str]:
     """The ``| <key> | <value> |`` rows of the ``## Performance`` section of a bundle README.
 
-    The section ends at the next heading of level 1 or 2. Header and separator rows are returned too (their values
+    The section ends at the next heading of level 1 or 2 outside fenced code blocks. Header and separator rows are returned too (their values
     are not numbers); callers look up the keys they need.
 
     Returns:
@@ -275,7 +275,13 @@ def readme_metrics(readme: str | os.PathLike) -> dict[str, str]:
     if start is None:
         raise VerifyError(f"{readme}: no '## Performance' section; add one with a row '| <metric> | <value> |' per key")
     rows: dict[str, str] = {}
+    in_fence = False
     for ln in lines[start + 1 :]:
+        if ln.lstrip().startswith("```"):
+            in_fence = not in_fence  # a '# comment' inside a code block is not a heading
+            continue
+        if in_fence:
+            continue
         if re.match(r"^#{1,2}\s", ln):
             break
         m = _ROW.match(ln)

@@ -47,14 +47,21 @@ CONFIGS = REPO / "bundles" / "kidney_ct_da_segmentation" / "configs"
 def _run(configs: list[str], log: Path, **overrides: Any) -> float:
     """Run ``monai.bundle run`` with ``configs`` and ``--key value`` overrides; returns the wall time."""
     files = [str(CONFIGS / c) for c in configs]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
-           files[0] if len(files) == 1 else json.dumps(files)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        files[0] if len(files) == 1 else json.dumps(files),
+    ]
     for k, v in overrides.items():
         cmd += [f"--{k}", json.dumps(v) if isinstance(v, dict | list) else str(v)]
     t0 = time.perf_counter()
     with open(log, "w") as f:
-        proc = subprocess.run(cmd, cwd=str(log.parent), stdout=f, stderr=subprocess.STDOUT,
-                              env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        proc = subprocess.run(
+            cmd, cwd=str(log.parent), stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1")
+        )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         tail = log.read_text()[-4000:]
@@ -66,21 +73,38 @@ def _json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _variants(out: Path, common: dict[str, Any], variants: dict[str, dict[str, Any]],
-              args: argparse.Namespace) -> dict[str, Any]:
+def _variants(
+    out: Path, common: dict[str, Any], variants: dict[str, dict[str, Any]], args: argparse.Namespace
+) -> dict[str, Any]:
     """Adapt every variant from ``out/models/pretrained.pt`` and evaluate all of them side by side."""
     models = out / "models"
     ckpts = {"source_only": str(models / "pretrained.pt"), "oracle": str(models / "oracle.pt")}
     times: dict[str, float] = {}
     for name, overrides in variants.items():
         run_args = {"epochs": args.adapt_epochs, "epoch_length": args.adapt_epoch_length, **overrides}
-        _run(["train.json"], out / f"variant_{name}.log", **common, ckpt_dir=out / f"models_v_{name}",
-             output_dir=out / f"eval_v_{name}", pretrained_path=models / "pretrained.pt",
-             plans_file=models / "plans.json", val_interval=10**6, resume=False, **run_args)
+        _run(
+            ["train.json"],
+            out / f"variant_{name}.log",
+            **common,
+            ckpt_dir=out / f"models_v_{name}",
+            output_dir=out / f"eval_v_{name}",
+            pretrained_path=models / "pretrained.pt",
+            plans_file=models / "plans.json",
+            val_interval=10**6,
+            resume=False,
+            **run_args,
+        )
         times[name] = _json(out / f"eval_v_{name}" / "adapt_time.json")["train_time_s"]
         ckpts[name] = str(out / f"models_v_{name}" / "model.pt")
-    _run(["train.json", "evaluate.json"], out / "evaluate_variants.log", **common, ckpt_dir=models,
-         output_dir=out / "eval_variants", checkpoints=ckpts, aligned_models=list(variants))
+    _run(
+        ["train.json", "evaluate.json"],
+        out / "evaluate_variants.log",
+        **common,
+        ckpt_dir=models,
+        output_dir=out / "eval_variants",
+        checkpoints=ckpts,
+        aligned_models=list(variants),
+    )
     metrics = _json(out / "eval_variants" / "metrics.json")
     dice = {k: metrics[f"target_mean_dice_kidney_{k}"] for k in ckpts}
     print("\n| variant | overrides of train.json | target kidney Dice | / oracle | adaptation time (s) |")
@@ -103,13 +127,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--adapt_epoch_length", type=int, default=10)
     ap.add_argument("--dann_epochs", type=int, default=4)
     ap.add_argument("--dann_epoch_length", type=int, default=10)
-    ap.add_argument("--stages", default="pretrain,oracle,adapt,dann,evaluate",
-                    help="comma-separated subset (reuses earlier outputs in --out)")
+    ap.add_argument(
+        "--stages",
+        default="pretrain,oracle,adapt,dann,evaluate",
+        help="comma-separated subset (reuses earlier outputs in --out)",
+    )
     ap.add_argument("--adapt_override", default="{}", help="JSON dict of extra overrides for the adapted run")
-    ap.add_argument("--variants", default="",
-                    help="JSON dict {name: overrides of train.json}: adapt each variant from the same pretrained "
-                         "model (fixed budget), evaluate them beside source-only and the oracle on the target test "
-                         "cases, print the variant table and stop (needs the pretrain and oracle stages in --out)")
+    ap.add_argument(
+        "--variants",
+        default="",
+        help="JSON dict {name: overrides of train.json}: adapt each variant from the same pretrained "
+        "model (fixed budget), evaluate them beside source-only and the oracle on the target test "
+        "cases, print the variant table and stop (needs the pretrain and oracle stages in --out)",
+    )
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -128,40 +158,86 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.variants:
         return _variants(out, common, json.loads(args.variants), args)
     if "pretrain" in stages:
-        _run(["train.json", "pretrain.json"], out / "pretrain.log", **common, ckpt_dir=models,
-             output_dir=out / "eval_pretrain", epochs=args.pretrain_epochs, resume=False)
+        _run(
+            ["train.json", "pretrain.json"],
+            out / "pretrain.log",
+            **common,
+            ckpt_dir=models,
+            output_dir=out / "eval_pretrain",
+            epochs=args.pretrain_epochs,
+            resume=False,
+        )
         times["pretrain_s"] = _json(out / "eval_pretrain" / "pretrain_time.json")["train_time_s"]
     if "oracle" in stages:
-        _run(["train.json", "pretrain.json", "oracle.json"], out / "oracle.log", **common, ckpt_dir=models,
-             output_dir=out / "eval_oracle", epochs=args.oracle_epochs, resume=False)
+        _run(
+            ["train.json", "pretrain.json", "oracle.json"],
+            out / "oracle.log",
+            **common,
+            ckpt_dir=models,
+            output_dir=out / "eval_oracle",
+            epochs=args.oracle_epochs,
+            resume=False,
+        )
         hist = _json(out / "eval_oracle" / "oracle_history.json")
         times["oracle_to_best_s"] = hist["time_to_best_s"]
         times["oracle_best_epoch"] = hist["epoch_of_best"]
         times["oracle_total_s"] = _json(out / "eval_oracle" / "oracle_time.json")["train_time_s"]
     if "adapt" in stages:
-        _run(["train.json"], out / "adapt.log", **common, ckpt_dir=out / "models_adapted",
-             output_dir=out / "eval_adapted", pretrained_path=pretrained, plans_file=models / "plans.json",
-             epochs=args.adapt_epochs, epoch_length=args.adapt_epoch_length, val_interval=10**6, resume=False,
-             **json.loads(args.adapt_override))
+        _run(
+            ["train.json"],
+            out / "adapt.log",
+            **common,
+            ckpt_dir=out / "models_adapted",
+            output_dir=out / "eval_adapted",
+            pretrained_path=pretrained,
+            plans_file=models / "plans.json",
+            epochs=args.adapt_epochs,
+            epoch_length=args.adapt_epoch_length,
+            val_interval=10**6,
+            resume=False,
+            **json.loads(args.adapt_override),
+        )
         times["adapt_s"] = _json(out / "eval_adapted" / "adapt_time.json")["train_time_s"]
     if "dann" in stages:
-        _run(["train.json", "train_dann.json"], out / "dann.log", **common, ckpt_dir=out / "models_dann",
-             output_dir=out / "eval_dann", pretrained_path=pretrained, plans_file=models / "plans.json",
-             epochs=args.dann_epochs, epoch_length=args.dann_epoch_length, val_interval=10**6, resume=False)
+        _run(
+            ["train.json", "train_dann.json"],
+            out / "dann.log",
+            **common,
+            ckpt_dir=out / "models_dann",
+            output_dir=out / "eval_dann",
+            pretrained_path=pretrained,
+            plans_file=models / "plans.json",
+            epochs=args.dann_epochs,
+            epoch_length=args.dann_epoch_length,
+            val_interval=10**6,
+            resume=False,
+        )
         times["dann_s"] = _json(out / "eval_dann" / "adapt_time.json")["train_time_s"]
     times_file.write_text(json.dumps(times, indent=2))
     if "evaluate" in stages:
-        ckpts = {"source_only": str(pretrained), "source_only_aligned": str(pretrained),
-                 "adapted": str(out / "models_adapted" / "model.pt"),
-                 "dann": str(out / "models_dann" / "model.pt"), "oracle": str(models / "oracle.pt")}
-        _run(["train.json", "evaluate.json"], out / "evaluate.log", **common, ckpt_dir=models,
-             output_dir=out / "eval", checkpoints=ckpts)
+        ckpts = {
+            "source_only": str(pretrained),
+            "source_only_aligned": str(pretrained),
+            "adapted": str(out / "models_adapted" / "model.pt"),
+            "dann": str(out / "models_dann" / "model.pt"),
+            "oracle": str(models / "oracle.pt"),
+        }
+        _run(
+            ["train.json", "evaluate.json"],
+            out / "evaluate.log",
+            **common,
+            ckpt_dir=models,
+            output_dir=out / "eval",
+            checkpoints=ckpts,
+        )
     if not (out / "eval" / "metrics.json").is_file():
         print(f"no {out / 'eval' / 'metrics.json'} yet; run the evaluate stage. Times so far: {times}")
         return {}
     metrics = _json(out / "eval" / "metrics.json")
-    d = {k: metrics.get(f"target_mean_dice_kidney_{k}")
-         for k in ("source_only", "source_only_aligned", "adapted", "dann", "oracle")}
+    d = {
+        k: metrics.get(f"target_mean_dice_kidney_{k}")
+        for k in ("source_only", "source_only_aligned", "adapted", "dann", "oracle")
+    }
     peak_rss_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
     adapt_s, oracle_s, pre_s = times.get("adapt_s"), times.get("oracle_to_best_s"), times.get("pretrain_s")
     ratio = d["adapted"] / d["oracle"] if d["adapted"] is not None and d["oracle"] else None
@@ -169,16 +245,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     speedup_pre = oracle_s / (adapt_s + pre_s) if oracle_s and adapt_s and pre_s else None
     print("\n| method | target kidney Dice | / oracle | training time (s) |")
     print("|---|---|---|---|")
-    for name, t in (("source_only", pre_s), ("source_only_aligned", 0.0), ("adapted", adapt_s),
-                    ("dann", times.get("dann_s")), ("oracle", oracle_s)):
+    for name, t in (
+        ("source_only", pre_s),
+        ("source_only_aligned", 0.0),
+        ("adapted", adapt_s),
+        ("dann", times.get("dann_s")),
+        ("oracle", oracle_s),
+    ):
         if d[name] is not None:
             rel = d[name] / d["oracle"] if d["oracle"] else float("nan")
             print(f"| {name} | {d[name]:.4f} | {rel:.3f} | {t if t is not None else float('nan'):.1f} |")
-    print(f"oracle: best Dice at epoch {times.get('oracle_best_epoch')} after {oracle_s} s of training "
-          f"(validation excluded); total {times.get('oracle_total_s')} s")
-    print(f"dice_ratio (adapted/oracle) = {ratio}; speedup (oracle time-to-best / adaptation) = {speedup}; "
-          f"incl. pretraining = {speedup_pre}; source-only gap = "
-          f"{(d['oracle'] - d['source_only']) * 100 if d['oracle'] and d['source_only'] is not None else None} points")
+    print(
+        f"oracle: best Dice at epoch {times.get('oracle_best_epoch')} after {oracle_s} s of training "
+        f"(validation excluded); total {times.get('oracle_total_s')} s"
+    )
+    print(
+        f"dice_ratio (adapted/oracle) = {ratio}; speedup (oracle time-to-best / adaptation) = {speedup}; "
+        f"incl. pretraining = {speedup_pre}; source-only gap = "
+        f"{(d['oracle'] - d['source_only']) * 100 if d['oracle'] and d['source_only'] is not None else None} points"
+    )
     result = {
         "dice_source_only": d["source_only"],
         "dice_adapted": d["adapted"],

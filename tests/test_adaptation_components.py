@@ -149,9 +149,12 @@ def test_kd_equal_logits_is_zero_and_positive_otherwise() -> None:
     assert kd(torch.randn_like(t), t).item() > 0
     # reference: T^2 * KL for 2-D logits
     s2, t2 = torch.randn(6, 3), torch.randn(6, 3)
-    ref = torch.nn.functional.kl_div(
-        torch.log_softmax(s2 / 2, 1), torch.log_softmax(t2 / 2, 1), reduction="batchmean", log_target=True
-    ) * 4
+    ref = (
+        torch.nn.functional.kl_div(
+            torch.log_softmax(s2 / 2, 1), torch.log_softmax(t2 / 2, 1), reduction="batchmean", log_target=True
+        )
+        * 4
+    )
     assert KDLoss(2.0)(s2, t2).item() == pytest.approx(ref.item(), rel=1e-5)
 
 

@@ -72,8 +72,15 @@ def test_target_dice_evaluation_side_by_side(tmp_path: Path) -> None:
     torch.save({"t": torch.tensor(0.5)}, good)
     torch.save({"t": torch.tensor(2.0)}, bad)  # predicts nothing
     items = [{"image": img, "label": lab} for _ in range(2)]
-    ev = TargetDiceEvaluation(net, {"adapted": str(good), "source_only": str(bad), "oracle": str(tmp_path / "no.pt")},
-                              items, transforms=None, inferer=lambda x, n: n(x), device="cpu", output_dir=tmp_path)
+    ev = TargetDiceEvaluation(
+        net,
+        {"adapted": str(good), "source_only": str(bad), "oracle": str(tmp_path / "no.pt")},
+        items,
+        transforms=None,
+        inferer=lambda x, n: n(x),
+        device="cpu",
+        output_dir=tmp_path,
+    )
     metrics = ev.run()
     assert metrics["target_mean_dice_kidney_adapted"] == pytest.approx(1.0)
     assert metrics["target_mean_dice_kidney_source_only"] == pytest.approx(0.0)
@@ -122,7 +129,9 @@ def test_intensity_alignment_undoes_a_linear_scanner_shift(tiny: Path, tmp_path:
     assert params["scale"] == pytest.approx(1 / 1.2, rel=0.02) and params["shift"] == pytest.approx(-40 / 1.2, abs=3)
     x = IntensityAlignd("image", params_file=path)({"image": torch.tensor([160.0])})["image"]
     assert float(x) == pytest.approx(100.0, abs=3)
-    assert json.loads(Path(ensure_alignment(tmp_path / "off.json", src, shifted, enabled=False)).read_text())["scale"] == 1
+    assert (
+        json.loads(Path(ensure_alignment(tmp_path / "off.json", src, shifted, enabled=False)).read_text())["scale"] == 1
+    )
     with pytest.raises(ConfigError, match="unreadable"):
         IntensityAlignd("image", params_file=tmp_path / "missing.json")
 

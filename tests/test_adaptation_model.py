@@ -23,10 +23,21 @@ def _net(out_channels: int = 2) -> torch.nn.Module:
 
 
 def test_backbone_factory_names_and_target_path() -> None:
-    assert type(build_backbone("attention_unet", spatial_dims=3, in_channels=1, out_channels=2,
-                               channels=(4, 8), strides=(2,))).__name__ == "AttentionUnet"
-    assert type(build_backbone("mlp", in_channels=4, out_channels=2, hidden_channels=(8,))).__name__ == "FullyConnectedNet"
-    assert type(build_backbone("monai.networks.nets.BasicUNet", spatial_dims=3, features=(4, 4, 8, 8, 16, 4))).__name__ == "BasicUNet"
+    assert (
+        type(
+            build_backbone(
+                "attention_unet", spatial_dims=3, in_channels=1, out_channels=2, channels=(4, 8), strides=(2,)
+            )
+        ).__name__
+        == "AttentionUnet"
+    )
+    assert (
+        type(build_backbone("mlp", in_channels=4, out_channels=2, hidden_channels=(8,))).__name__ == "FullyConnectedNet"
+    )
+    assert (
+        type(build_backbone("monai.networks.nets.BasicUNet", spatial_dims=3, features=(4, 4, 8, 8, 16, 4))).__name__
+        == "BasicUNet"
+    )
     with pytest.raises(ConfigError, match="dynunet"):
         build_backbone("dynunett")
     with pytest.raises(ConfigError, match="bad arguments"):
@@ -39,8 +50,12 @@ def test_backbone_factory_names_and_target_path() -> None:
         ("dynunet", {"filters": (4, 8, 16), "strides": (1, 2, 2)}, torch.zeros(1, 1, 8, 8, 8), [4, 8]),
         ("resnet18", {"spatial_dims": 3, "in_channels": 1}, torch.zeros(1, 1, 16, 16, 16), [64, 128, 256]),
         ("mlp", {"in_channels": 4, "out_channels": 2, "hidden_channels": (8, 6)}, torch.zeros(2, 4), [8, 6]),
-        ("attention_unet", {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": (4, 8, 16),
-                            "strides": (2, 2)}, torch.zeros(1, 1, 8, 8, 8), [4, 8]),
+        (
+            "attention_unet",
+            {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": (4, 8, 16), "strides": (2, 2)},
+            torch.zeros(1, 1, 8, 8, 8),
+            [4, 8],
+        ),
     ],
 )
 def test_feature_taps_capture_without_editing_the_network(name: str, kwargs: dict, x: torch.Tensor, enc: list) -> None:
@@ -109,11 +124,17 @@ def test_freeze_and_layerwise_lr_groups() -> None:
 
 def _model(weights: dict) -> TransferrableModel:
     net = _net()
-    adv = DomainAdversarialLoss(MultiScaleDomainDiscriminator([4, 8], strides=[2, 2], base_channels=4),
-                                grl=GradientReverseLayer(1.0))
+    adv = DomainAdversarialLoss(
+        MultiScaleDomainDiscriminator([4, 8], strides=[2, 2], base_channels=4), grl=GradientReverseLayer(1.0)
+    )
     dec = DomainAdversarialLoss(MultiScaleDomainDiscriminator([4, 8], strides=[2, 2], base_channels=4))
-    return TransferrableModel(net, loss_weights=weights, encoder_adversary=adv, decoder_adversary=dec,
-                              target_adapter=EntropyPriorLoss([0.9, 0.1]))
+    return TransferrableModel(
+        net,
+        loss_weights=weights,
+        encoder_adversary=adv,
+        decoder_adversary=dec,
+        target_adapter=EntropyPriorLoss([0.9, 0.1]),
+    )
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -41,8 +41,10 @@ class _NoLabel(dict):
 
 def _loaders() -> tuple[list, list]:
     g = torch.Generator().manual_seed(0)
-    src = [{"image": torch.randn(2, 1, 8, 8, 8, generator=g), "label": torch.randint(0, 2, (2, 1, 8, 8, 8), generator=g)}
-           for _ in range(3)]
+    src = [
+        {"image": torch.randn(2, 1, 8, 8, 8, generator=g), "label": torch.randint(0, 2, (2, 1, 8, 8, 8), generator=g)}
+        for _ in range(3)
+    ]
     tgt = [_NoLabel(image=torch.randn(2, 1, 8, 8, 8, generator=g), label=torch.zeros(2, 1, 8, 8, 8)) for _ in range(2)]
     return src, tgt
 
@@ -63,15 +65,25 @@ def test_trainer_optimises_weighted_losses_without_reading_target_labels(tmp_pat
     torch.manual_seed(0)
     net = build_backbone("dynunet", filters=(4, 8, 16), strides=(1, 2, 2))
     adv = DomainAdversarialLoss(MultiScaleDomainDiscriminator([4, 8], strides=[2, 2], base_channels=4))
-    model = TransferrableModel(net, loss_weights={"source_seg": 1.0, "encoder_adv": 0.5, "target_prior": 1.0},
-                               encoder_adversary=adv, target_adapter=EntropyPriorLoss([0.8, 0.2]))
+    model = TransferrableModel(
+        net,
+        loss_weights={"source_seg": 1.0, "encoder_adv": 0.5, "target_prior": 1.0},
+        encoder_adversary=adv,
+        target_adapter=EntropyPriorLoss([0.8, 0.2]),
+    )
     opt = torch.optim.Adam(model.param_groups(1e-3, 1e-2))
     assert [g["name"] for g in opt.param_groups] == ["segmenter", "discriminator"]
     src, tgt = _loaders()
     before = net.input_block.conv1.conv.weight.detach().clone()
-    trainer = DomainAdaptationTrainer("cpu", 2, PairedLoader(src, tgt, epoch_length=3), model, opt, grad_clip=1.0,
-                                      train_handlers=[FinalModelSaver(tmp_path, net),
-                                                      WallTimeRecorder(tmp_path / "t.json")])
+    trainer = DomainAdaptationTrainer(
+        "cpu",
+        2,
+        PairedLoader(src, tgt, epoch_length=3),
+        model,
+        opt,
+        grad_clip=1.0,
+        train_handlers=[FinalModelSaver(tmp_path, net), WallTimeRecorder(tmp_path / "t.json")],
+    )
     outputs = []
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: outputs.append(e.state.output))
     trainer.run()

@@ -28,8 +28,13 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _common(work: dict[str, Path]) -> dict:
-    return {"dataset_dir": work["data"], "demo_dir": work["data"], "ckpt_dir": work["models"],
-            "output_dir": work["eval"], **SMALL}
+    return {
+        "dataset_dir": work["data"],
+        "demo_dir": work["data"],
+        "ckpt_dir": work["models"],
+        "output_dir": work["eval"],
+        **SMALL,
+    }
 
 
 def test_configs_are_valid_json_and_metadata_matches_readme() -> None:
@@ -60,11 +65,11 @@ def test_pretrain_adapt_without_target_labels_evaluate_infer(work: dict[str, Pat
         s.write_bytes(b"unreadable: adaptation must not open target labels")
     weights = {"source_seg": 1.0, "encoder_adv": 0.1, "target_entropy": 1.0, "target_prior": 1.0}
     try:
-        out = run_bundle(BUNDLE, "train.json", **_common(work), epochs=1, epoch_length=2, val_interval=1,
-                         loss_weights=weights)
+        out = run_bundle(
+            BUNDLE, "train.json", **_common(work), epochs=1, epoch_length=2, val_interval=1, loss_weights=weights
+        )
         # the same corruption is caught by the oracle's verification, so the check is not vacuous
-        bad = run_bundle(BUNDLE, ["train.json", "pretrain.json", "oracle.json"], **_common(work), epochs=1,
-                         check=False)
+        bad = run_bundle(BUNDLE, ["train.json", "pretrain.json", "oracle.json"], **_common(work), epochs=1, check=False)
         assert bad.returncode != 0 and "segmentation.nii.gz" in bad.stdout
     finally:
         for s in segs:
@@ -76,8 +81,9 @@ def test_pretrain_adapt_without_target_labels_evaluate_infer(work: dict[str, Pat
     assert first["iterations"] == 2
 
     # --- resume: a second run with more epochs continues from the last checkpoint
-    out = run_bundle(BUNDLE, "train.json", **_common(work), epochs=2, epoch_length=2, val_interval=1,
-                     loss_weights=weights)
+    out = run_bundle(
+        BUNDLE, "train.json", **_common(work), epochs=2, epoch_length=2, val_interval=1, loss_weights=weights
+    )
     assert "resumed from" in out.stdout
     assert json.loads((work["eval"] / "adapt_time.json").read_text())["iterations"] == 4
 
@@ -105,8 +111,15 @@ def test_pretrain_adapt_without_target_labels_evaluate_infer(work: dict[str, Pat
     import numpy as np
 
     pred_dir = work["root"] / "pred"
-    run_bundle(BUNDLE, "inference.json", ckpt_dir=work["models"], input_dir=work["data"] / "kits19",
-               output_dir=pred_dir, mirror_axes=[0], **SMALL)
+    run_bundle(
+        BUNDLE,
+        "inference.json",
+        ckpt_dir=work["models"],
+        input_dir=work["data"] / "kits19",
+        output_dir=pred_dir,
+        mirror_axes=[0],
+        **SMALL,
+    )
     for case in ("case_00000", "case_00003"):
         src = nib.load(work["data"] / "kits19" / case / "imaging.nii.gz")
         out = nib.load(pred_dir / f"{case}_seg.nii.gz")

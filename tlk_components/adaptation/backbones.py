@@ -197,7 +197,9 @@ class FeatureTaps:
     def __init__(
         self, model: nn.Module, layers: Mapping[str, Sequence[str]] | Sequence[str], detach: bool = False
     ) -> None:
-        groups = {"features": list(layers)} if not isinstance(layers, Mapping) else {k: list(v) for k, v in layers.items()}
+        groups = (
+            {"features": list(layers)} if not isinstance(layers, Mapping) else {k: list(v) for k, v in layers.items()}
+        )
         modules = dict(model.named_modules())
         self.groups = groups
         self.detach = detach

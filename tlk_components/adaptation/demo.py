@@ -30,15 +30,23 @@ _CONFIGS = Path(__file__).resolve().parents[2] / "bundles" / "kidney_ct_da_segme
 
 def _stage(name: str, configs: list[str], overrides: dict[str, object], env: dict[str, str]) -> float:
     files = [str(_CONFIGS / c) for c in configs]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
-           files[0] if len(files) == 1 else json.dumps(files)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        files[0] if len(files) == 1 else json.dumps(files),
+    ]
     for k, v in overrides.items():
         cmd += [f"--{k}", json.dumps(v) if isinstance(v, dict | list) else str(v)]
     print(f"\n=== {name}: {' '.join(configs)} ===", flush=True)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env)
     if proc.returncode != 0:
-        raise TLKError(f"stage '{name}' failed (exit {proc.returncode}); see the output above. Command: {' '.join(cmd)}")
+        raise TLKError(
+            f"stage '{name}' failed (exit {proc.returncode}); see the output above. Command: {' '.join(cmd)}"
+        )
     return time.perf_counter() - t0
 
 
@@ -69,18 +77,30 @@ def run_demo(
     check_positive_int("adapt_epochs", adapt_epochs)
     out = Path(out_dir).resolve()
     data, models, evals = out / "demo_data", out / "models", out / "eval"
-    common: dict[str, object] = {"dataset_dir": data, "demo_dir": data, "ckpt_dir": models, "output_dir": evals,
-                                 "num_threads": int(num_threads)}
+    common: dict[str, object] = {
+        "dataset_dir": data,
+        "demo_dir": data,
+        "ckpt_dir": models,
+        "output_dir": evals,
+        "num_threads": int(num_threads),
+    }
     if device != "auto":
         common["device"] = device
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     times = {
-        "pretrain": _stage("source pretraining", ["train.json", "pretrain.json"],
-                           {**common, "epochs": pretrain_epochs}, env),
+        "pretrain": _stage(
+            "source pretraining", ["train.json", "pretrain.json"], {**common, "epochs": pretrain_epochs}, env
+        ),
         "adapt": _stage("label-free adaptation", ["train.json"], {**common, "epochs": adapt_epochs}, env),
-        "evaluate": _stage("target evaluation", ["train.json", "evaluate.json"],
-                           {**common, "checkpoints": {"source_only": str(models / "pretrained.pt"),
-                                                      "adapted": str(models / "model.pt")}}, env),
+        "evaluate": _stage(
+            "target evaluation",
+            ["train.json", "evaluate.json"],
+            {
+                **common,
+                "checkpoints": {"source_only": str(models / "pretrained.pt"), "adapted": str(models / "model.pt")},
+            },
+            env,
+        ),
     }
     table = (evals / "dice_table.md").read_text().strip()
     summary = ", ".join(f"{k} {v:.0f} s" for k, v in times.items())

@@ -89,10 +89,24 @@ class MultiScaleDomainDiscriminator(nn.Module):
             c_out = base_channels * (d + 1)
             stages.append(
                 nn.Sequential(
-                    Convolution(spatial_dims, prev + c_in, c_out, strides=s, kernel_size=3, norm=norm_arg,
-                                act=("leakyrelu", {"negative_slope": 0.01, "inplace": True})),
-                    Convolution(spatial_dims, c_out, c_out, strides=1, kernel_size=3, norm=norm_arg,
-                                act=("leakyrelu", {"negative_slope": 0.01, "inplace": True})),
+                    Convolution(
+                        spatial_dims,
+                        prev + c_in,
+                        c_out,
+                        strides=s,
+                        kernel_size=3,
+                        norm=norm_arg,
+                        act=("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
+                    ),
+                    Convolution(
+                        spatial_dims,
+                        c_out,
+                        c_out,
+                        strides=1,
+                        kernel_size=3,
+                        norm=norm_arg,
+                        act=("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
+                    ),
                 )
             )
             prev = c_out
@@ -112,7 +126,9 @@ class MultiScaleDomainDiscriminator(nn.Module):
             ``(N, 1)`` logits (``head=True``) or ``(N, C_last)``; positive = "source".
         """
         if len(features) != len(self.stages):
-            raise ValueError(f"expected {len(self.stages)} feature maps (in_channels={self.in_channels}), got {len(features)}")
+            raise ValueError(
+                f"expected {len(self.stages)} feature maps (in_channels={self.in_channels}), got {len(features)}"
+            )
         x = None
         for d, (stage, f) in enumerate(zip(self.stages, features, strict=True)):
             if f.shape[1] != self.in_channels[d]:
@@ -164,5 +180,7 @@ class DomainDiscriminator(nn.Module):
         if x.ndim > 2:
             x = x.flatten(2).mean(-1)
         if x.shape[1] != self.in_feature:
-            raise ValueError(f"features have {x.shape[1]} channels; this discriminator expects in_feature={self.in_feature}")
+            raise ValueError(
+                f"features have {x.shape[1]} channels; this discriminator expects in_feature={self.in_feature}"
+            )
         return self.net(x)

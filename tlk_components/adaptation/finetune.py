@@ -80,7 +80,7 @@ def remap_keys(state: StateDict, key_map: Mapping[str, str] | None) -> dict[str,
     for k, v in state.items():
         for old, new in key_map.items():
             if k.startswith(old):
-                k = new + k[len(old):]
+                k = new + k[len(old) :]
                 break
         out[k] = v
     return out
@@ -155,7 +155,9 @@ def freeze(model: nn.Module, patterns: Sequence[str], frozen: bool = True) -> li
     for p in patterns:
         hits = [n for n, _ in model.named_parameters() if fnmatch.fnmatchcase(n, p)]
         if not hits:
-            raise ConfigError(f"freeze pattern {p!r} matches no parameter; e.g. {[n for n, _ in model.named_parameters()][:4]}")
+            raise ConfigError(
+                f"freeze pattern {p!r} matches no parameter; e.g. {[n for n, _ in model.named_parameters()][:4]}"
+            )
         names += hits
     params = dict(model.named_parameters())
     for n in names:
@@ -200,7 +202,9 @@ def param_groups(
     groups = []
     for key, params in buckets.items():
         if params:
-            groups.append({"params": params, "lr": lr * (mults[key] if key else 1.0), "name": f"{name}:{key or 'base'}"})
+            groups.append(
+                {"params": params, "lr": lr * (mults[key] if key else 1.0), "name": f"{name}:{key or 'base'}"}
+            )
     return groups
 
 

@@ -79,8 +79,9 @@ def ensure_alignment(
         return str(p)
     src, tgt = body_stats(source_datalist), body_stats(target_datalist)
     scale = src["std"] / tgt["std"]
-    atomic_write_json(p, {"scale": scale, "shift": src["mean"] - tgt["mean"] * scale, "enabled": True,
-                          "source": src, "target": tgt})
+    atomic_write_json(
+        p, {"scale": scale, "shift": src["mean"] - tgt["mean"] * scale, "enabled": True, "source": src, "target": tgt}
+    )
     return str(p)
 
 
@@ -125,6 +126,9 @@ class IntensityAlignd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             x = d[key]
-            d[key] = x.float() * self.scale + self.shift if isinstance(x, torch.Tensor) else (
-                np.asarray(x, dtype=np.float32) * np.float32(self.scale) + np.float32(self.shift))
+            d[key] = (
+                x.float() * self.scale + self.shift
+                if isinstance(x, torch.Tensor)
+                else (np.asarray(x, dtype=np.float32) * np.float32(self.scale) + np.float32(self.shift))
+            )
         return d

@@ -133,9 +133,7 @@ def scaled_prior(prior: Sequence[float], kidney_scale: float = 1.0) -> list[floa
     return [1.0 - k, k]
 
 
-def with_labels(
-    datalist: Sequence[Mapping[str, str]], labels_dir: str | os.PathLike | None
-) -> list[dict[str, str]]:
+def with_labels(datalist: Sequence[Mapping[str, str]], labels_dir: str | os.PathLike | None) -> list[dict[str, str]]:
     """Pair each image of ``datalist`` with its label file in a separate ``labels_dir`` (the evaluation's
     ``--labels_dir``); with ``labels_dir`` empty/None the datalist is returned unchanged.
 
@@ -154,8 +152,13 @@ def with_labels(
     out, missing = [], []
     for item in datalist:
         case = case_name(item["image"])
-        names = (f"{case}/segmentation.nii.gz", f"{case}.nii.gz", f"{case}_seg.nii.gz", f"{case}/segmentation.nii",
-                 f"{case}.nii")
+        names = (
+            f"{case}/segmentation.nii.gz",
+            f"{case}.nii.gz",
+            f"{case}_seg.nii.gz",
+            f"{case}/segmentation.nii",
+            f"{case}.nii",
+        )
         found = next((base / n for n in names if (base / n).is_file()), None)
         if found is None:
             missing.append(case)
@@ -167,8 +170,11 @@ def with_labels(
             "<case>/segmentation.nii.gz, <case>.nii.gz or <case>_seg.nii.gz for every evaluated image"
         )
     report = DatasetReport(f"--labels_dir {base}", fix="give every image a label file of the same geometry")
-    check_pairs([CasePair(case_name(d["image"]), Path(d["image"]), Path(d["label"])) for d in out], report,
-                expected_labels=(0, 1, 2))
+    check_pairs(
+        [CasePair(case_name(d["image"]), Path(d["image"]), Path(d["label"])) for d in out],
+        report,
+        expected_labels=(0, 1, 2),
+    )
     report.raise_if_bad()
     return out
 
@@ -245,8 +251,10 @@ class TargetDiceEvaluation:
                 "and train.json first (or pass --ckpt_dir)"
             )
         per_model = {name: self.evaluate(path, self.model_transforms.get(name)) for name, path in present.items()}
-        cases = [case_name(d["image"]) if isinstance(d["image"], str | os.PathLike) else f"case_{i}"
-                 for i, d in enumerate(self.datalist)]
+        cases = [
+            case_name(d["image"]) if isinstance(d["image"], str | os.PathLike) else f"case_{i}"
+            for i, d in enumerate(self.datalist)
+        ]
         metrics: dict[str, Any] = {f"{self.metric_prefix}_{k}": float(np.mean(v)) for k, v in per_model.items()}
         metrics["per_case"] = {k: dict(zip(cases, v, strict=True)) for k, v in per_model.items()}
         metrics["n_cases"] = len(cases)
@@ -259,8 +267,13 @@ class TargetDiceEvaluation:
             w.writerow([c, *(f"{v[i]:.4f}" for v in per_model.values())])
         w.writerow(["mean", *(f"{np.mean(v):.4f}" for v in per_model.values())])
         atomic_write_text(self.output_dir / "per_case_dice.csv", buf.getvalue())
-        save_bar_chart({k: v for k, v in per_model.items()}, cases, self.output_dir / "dice_per_case.png",
-                       title="Target kidney Dice per case", ylabel="Dice")
+        save_bar_chart(
+            {k: v for k, v in per_model.items()},
+            cases,
+            self.output_dir / "dice_per_case.png",
+            title="Target kidney Dice per case",
+            ylabel="Dice",
+        )
         table = [f"| model | target kidney Dice (mean over {len(cases)} cases) |", "|---|---|"]
         table += [f"| {k} | {np.mean(v):.4f} |" for k, v in per_model.items()]
         text = "\n".join(table)

@@ -171,7 +171,9 @@ class TransferrableModel(nn.Module):
             points = dict(taps) if taps is not None else tap_points(inner)
             missing = [g for g in needed if not points.get(g)]
             if missing:
-                raise ConfigError(f"taps lack groups {missing} needed by the active adversaries; give their module names")
+                raise ConfigError(
+                    f"taps lack groups {missing} needed by the active adversaries; give their module names"
+                )
             self.taps = FeatureTaps(inner, {g: points[g] for g in needed})
 
     # ------------------------------------------------------------------ helpers
@@ -217,8 +219,9 @@ class TransferrableModel(nn.Module):
             discriminator_lr: learning rate of discriminators and projectors (default: ``lr``).
             backbone_groups: precomputed groups for the backbone (layer-wise multipliers).
         """
-        groups = backbone_groups or [{"params": [p for p in self.backbone.parameters() if p.requires_grad], "lr": lr,
-                                      "name": "segmenter"}]
+        groups = backbone_groups or [
+            {"params": [p for p in self.backbone.parameters() if p.requires_grad], "lr": lr, "name": "segmenter"}
+        ]
         d_params = [p for m in self.discriminator_modules() for p in m.parameters() if p.requires_grad]
         if d_params:
             groups = [*groups, {"params": d_params, "lr": discriminator_lr or lr, "name": "discriminator"}]
@@ -246,16 +249,28 @@ class TransferrableModel(nn.Module):
         """
         w = self.loss_weights
         need_src = any(self.active(k) for k in ("source_seg", "encoder_adv", "decoder_adv", "shape_adv"))
-        tgt_terms = ("target_seg", "encoder_adv", "decoder_adv", "shape_adv", "target_entropy", "target_prior",
-                     "pseudo_label", "distill_kd", "distill_feature")
+        tgt_terms = (
+            "target_seg",
+            "encoder_adv",
+            "decoder_adv",
+            "shape_adv",
+            "target_entropy",
+            "target_prior",
+            "pseudo_label",
+            "distill_kd",
+            "distill_feature",
+        )
         need_tgt = any(self.active(k) for k in tgt_terms)
-        if need_src and (source_image is None or (source_label is None and (self.active("source_seg")
-                                                                              or self.active("shape_adv")))):
+        if need_src and (
+            source_image is None or (source_label is None and (self.active("source_seg") or self.active("shape_adv")))
+        ):
             raise ValueError("the active loss terms need a source image and label batch")
         if need_tgt and target_image is None:
             raise ValueError("the active loss terms need a target image batch")
         if self.active("target_seg") and target_label is None:
-            raise ValueError("loss_weights['target_seg'] > 0 needs target labels; set it to 0 for label-free adaptation")
+            raise ValueError(
+                "loss_weights['target_seg'] > 0 needs target labels; set it to 0 for label-free adaptation"
+            )
         out: dict[str, torch.Tensor] = {}
         s_logits = s_feats = t_logits = t_feats = None
         if need_src:

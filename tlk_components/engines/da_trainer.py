@@ -241,7 +241,9 @@ class LossPlateauStopping:
         else:
             self.bad += 1
         if self.bad >= self.patience and engine.state.epoch >= self.min_epochs:
-            logger.info(f"label-free stop: {self.loss_key} has not improved for {self.bad} epoch(s) (best {self.best:.4f})")
+            logger.info(
+                f"label-free stop: {self.loss_key} has not improved for {self.bad} epoch(s) (best {self.best:.4f})"
+            )
             engine.terminate()
 
 
@@ -315,13 +317,27 @@ class MetricHistoryRecorder:
         self.eval_time += now - self._eval_t0
         t = now - (self.t0 if self.t0 is not None else now) - self.eval_time  # training time, validation excluded
         state = self.trainer.state if self.trainer is not None else engine.state
-        self.history.append({"epoch": state.epoch, "iteration": state.iteration, "time_s": round(t, 3),
-                             name: float(engine.state.metrics[name])})
+        self.history.append(
+            {
+                "epoch": state.epoch,
+                "iteration": state.iteration,
+                "time_s": round(t, 3),
+                name: float(engine.state.metrics[name]),
+            }
+        )
         best = max(self.history, key=lambda h: h[name])
         if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
             return
-        atomic_write_json(self.path, {"metric": name, "best": best[name], "time_to_best_s": best["time_s"],
-                                      "epoch_of_best": best["epoch"], "history": self.history})
+        atomic_write_json(
+            self.path,
+            {
+                "metric": name,
+                "best": best[name],
+                "time_to_best_s": best["time_s"],
+                "epoch_of_best": best["epoch"],
+                "history": self.history,
+            },
+        )
 
 
 class WallTimeRecorder:
@@ -358,8 +374,9 @@ class WallTimeRecorder:
         if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
             return
         t = time.perf_counter() - self.t0 - self.eval_time
-        atomic_write_json(self.path, {"train_time_s": round(t, 3), "epochs": engine.state.epoch,
-                                      "iterations": engine.state.iteration})
+        atomic_write_json(
+            self.path, {"train_time_s": round(t, 3), "epochs": engine.state.epoch, "iterations": engine.state.iteration}
+        )
 
 
 def poly_lr_lambda(total_epochs: int, power: float = 0.9) -> Callable[[int], float]:

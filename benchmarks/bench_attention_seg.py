@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from tlk_components.zoo.runner import bundle_command
+
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "abdomen_ct_attention_segmentation"
 CONFIGS = BUNDLE / "configs"
@@ -45,17 +47,7 @@ CONFIGS = BUNDLE / "configs"
 
 def _run_bundle(configs: list[str], log: Path, **overrides: Any) -> float:
     """Run the bundle in a subprocess; return its wall time. Raises with the log tail on failure."""
-    files = [str(CONFIGS / c) for c in configs]
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        files[0] if len(files) == 1 else json.dumps(files),
-    ]
-    for k, v in overrides.items():
-        cmd += [f"--{k.replace('__', '#')}", json.dumps(v) if isinstance(v, list | bool) else str(v)]
+    cmd = bundle_command([CONFIGS / c for c in configs], overrides)
     start = time.perf_counter()
     with open(log, "w") as f:
         proc = subprocess.run(cmd, cwd="/tmp", stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ))

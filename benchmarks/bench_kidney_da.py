@@ -35,10 +35,11 @@ import json
 import os
 import resource
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from tlk_components.zoo.runner import bundle_command
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "kidney_ct_da_segmentation" / "configs"
@@ -46,17 +47,7 @@ CONFIGS = REPO / "bundles" / "kidney_ct_da_segmentation" / "configs"
 
 def _run(configs: list[str], log: Path, **overrides: Any) -> float:
     """Run ``monai.bundle run`` with ``configs`` and ``--key value`` overrides; returns the wall time."""
-    files = [str(CONFIGS / c) for c in configs]
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        files[0] if len(files) == 1 else json.dumps(files),
-    ]
-    for k, v in overrides.items():
-        cmd += [f"--{k}", json.dumps(v) if isinstance(v, dict | list) else str(v)]
+    cmd = bundle_command([CONFIGS / c for c in configs], overrides)
     t0 = time.perf_counter()
     with open(log, "w") as f:
         proc = subprocess.run(

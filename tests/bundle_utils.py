@@ -3,23 +3,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
+from tlk_components.zoo.runner import bundle_command
+
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = REPO / "bundles"
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, bool):
-        return "True" if value else "False"
-    if isinstance(value, list | dict):
-        return json.dumps(value)
-    return str(value)
 
 
 def run_bundle(
@@ -43,17 +35,7 @@ def run_bundle(
         The completed process (stdout and stderr merged in ``.stdout``).
     """
     names = [configs] if isinstance(configs, str) else list(configs)
-    files = [str(BUNDLES / bundle / "configs" / c) for c in names]
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        files[0] if len(files) == 1 else json.dumps(files),
-    ]
-    for k, v in overrides.items():
-        cmd += [f"--{k.replace('__', '#')}", _fmt(v)]
+    cmd = bundle_command([BUNDLES / bundle / "configs" / c for c in names], overrides)
     env = dict(os.environ, TLK_NUM_THREADS=os.environ.get("TLK_NUM_THREADS", "1"), PYTHONUNBUFFERED="1")
     proc = subprocess.run(cmd, cwd=str(cwd or REPO / "tests"), env=env, capture_output=True, text=True, timeout=timeout)
     proc.stdout = (proc.stdout or "") + (proc.stderr or "")

@@ -13,15 +13,14 @@ It ends by printing the source-only / adapted Dice table (also in ``OUT_DIR/eval
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from tlk_components.utils.errors import TLKError
 from tlk_components.utils.validation import check_positive_int
+from tlk_components.zoo.runner import bundle_command
 
 __all__ = ["run_demo"]
 
@@ -29,17 +28,7 @@ _CONFIGS = Path(__file__).resolve().parents[2] / "bundles" / "kidney_ct_da_segme
 
 
 def _stage(name: str, configs: list[str], overrides: dict[str, object], env: dict[str, str]) -> float:
-    files = [str(_CONFIGS / c) for c in configs]
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        files[0] if len(files) == 1 else json.dumps(files),
-    ]
-    for k, v in overrides.items():
-        cmd += [f"--{k}", json.dumps(v) if isinstance(v, dict | list) else str(v)]
+    cmd = bundle_command([_CONFIGS / c for c in configs], overrides)
     print(f"\n=== {name}: {' '.join(configs)} ===", flush=True)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env)

@@ -17,7 +17,7 @@ What it measures, side by side in one run (CPU by default):
 
 Usage::
 
-    flock /tmp/tlk_heavy.lock env TLK_NUM_THREADS=2 python benchmarks/bench_attention_seg.py --out /tmp/abd_bench
+    env TLK_NUM_THREADS=2 python benchmarks/bench_attention_seg.py --out /tmp/abd_bench
 
 The last line printed is one JSON object: ``dice_unet``, ``dice_attention_unet``, ``sw_ratio``, ``peak_rss_gb``
 (plus the settings and timings).

@@ -14,7 +14,7 @@ The last printed line is one JSON object with ``median_iou``, ``ap_50`` and ``in
 
 Usage::
 
-    flock /tmp/tlk_heavy.lock env TLK_NUM_THREADS=2 python benchmarks/bench_brats_box.py --epochs 15
+    env TLK_NUM_THREADS=2 python benchmarks/bench_brats_box.py --epochs 15
 """
 
 from __future__ import annotations

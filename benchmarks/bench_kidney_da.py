@@ -16,7 +16,7 @@ real configs (``python -m monai.bundle run``):
 
 Prints a table, ratios and peak RSS of the child processes; the LAST line is one JSON object with
 ``dice_source_only, dice_adapted, dice_dann, dice_oracle, dice_ratio, speedup, speedup_incl_pretrain,
-peak_rss_gb`` (plus times). Run it alone on the machine (``flock /tmp/tlk_heavy.lock``); it takes minutes.
+peak_rss_gb`` (plus times). Run it alone on the machine; it takes minutes.
 
 With ``--variants '{"name": {overrides of train.json}, ...}'`` it instead adapts each variant from the
 pretrained model already in ``--out/models`` and prints one table of all of them beside source-only and the oracle

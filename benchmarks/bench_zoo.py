@@ -113,7 +113,8 @@ def _bench_download(name: str, release: Path, zip_name: str, work: Path, repeats
     def theirs(target: Path) -> None:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             monai_download(name=name, url=zip_url, bundle_dir=str(target), progress=False)
-        assert (target / name / "configs" / "metadata.json").is_file(), "MONAI download produced no bundle"
+        if not (target / name / "configs" / "metadata.json").is_file():
+            raise RuntimeError(f"MONAI download produced no bundle in {target / name}")
 
     ours(work / "warm_ours")  # warm caches and imports for both
     theirs(work / "warm_monai")

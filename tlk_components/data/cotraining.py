@@ -280,7 +280,8 @@ def load_samples(dataset_dir: str | os.PathLike) -> TwoViewSamples:
     report = DatasetReport(str(dataset_dir), fix=_FIX)
     samples = _collect(dataset_dir, report, check_files=True)
     report.raise_if_bad()
-    assert samples is not None  # only reached when the report is clean
+    if samples is None:  # _collect returns None only together with a problem in the report
+        raise RuntimeError(f"{dataset_dir}: no samples collected although the dataset check passed")
     return samples
 
 

@@ -249,17 +249,7 @@ class TransferrableModel(nn.Module):
         """
         w = self.loss_weights
         need_src = any(self.active(k) for k in ("source_seg", "encoder_adv", "decoder_adv", "shape_adv"))
-        tgt_terms = (
-            "target_seg",
-            "encoder_adv",
-            "decoder_adv",
-            "shape_adv",
-            "target_entropy",
-            "target_prior",
-            "pseudo_label",
-            "distill_kd",
-            "distill_feature",
-        )
+        tgt_terms = tuple(k for k in LOSS_NAMES if k != "source_seg")  # every term that needs a target batch
         need_tgt = any(self.active(k) for k in tgt_terms)
         if need_src and (
             source_image is None or (source_label is None and (self.active("source_seg") or self.active("shape_adv")))

@@ -185,7 +185,7 @@ def inference_memory(out: Path, ckpt_dir: Path, args: argparse.Namespace) -> dic
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("/tmp/abd_bench"))
-    ap.add_argument("--epochs", type=int, default=50)
+    ap.add_argument("--epochs", type=int, default=100)
     ints = lambda s: [int(v) for v in s.split(",")]  # noqa: E731
     ap.add_argument("--channels", type=ints, default=None, help="default: train.json's")
     ap.add_argument("--patch_size", type=ints, default=None, help="default: train.json's (the whole demo volume)")

@@ -8,10 +8,10 @@ real configs (``python -m monai.bundle run``):
 2. the **oracle**: the same network, optimiser and learning rate trained from scratch on target labels
    (``oracle.json``), validated on the target test cases after every epoch; its time is the training time until
    it FIRST reaches its best Dice (validation time excluded);
-3. **adapted**: the default label-free adapter (``train.json``: target intensity alignment, source supervision,
-   entropy + class-size prior on target batches), a fixed budget of ``--adapt_epochs x --adapt_epoch_length``
-   steps — a stopping rule that reads no label;
-4. **DANN** (``train.json`` + ``train_dann.json``): source supervision + encoder adversary, fixed budget;
+3. **adapted**: the default label-free adapter (``train.json``: target intensity alignment, then entropy
+   minimisation + the class-size prior of the source labels on target batches only), a fixed budget of
+   ``--adapt_epochs x --adapt_epoch_length`` steps (30) — a stopping rule that reads no label;
+4. **DANN** (``train.json`` + ``train_dann.json``): source supervision + encoder adversary, same fixed budget;
 5. ``evaluate.json``: target kidney Dice of all four side by side on the held-out target cases.
 
 Prints a table, ratios and peak RSS of the child processes; the LAST line is one JSON object with
@@ -114,15 +114,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", default="/tmp/kidney_da_bench", help="work folder (demo data, models, logs)")
     ap.add_argument("--pretrain_epochs", type=int, default=60)
     ap.add_argument("--oracle_epochs", type=int, default=60)
-    ap.add_argument("--adapt_epochs", type=int, default=4)
+    ap.add_argument("--adapt_epochs", type=int, default=3)
     ap.add_argument("--adapt_epoch_length", type=int, default=10)
-    ap.add_argument("--dann_epochs", type=int, default=4)
+    ap.add_argument("--dann_epochs", type=int, default=3)
     ap.add_argument("--dann_epoch_length", type=int, default=10)
     ap.add_argument(
         "--stages",
         default="pretrain,oracle,adapt,dann,evaluate",
         help="comma-separated subset (reuses earlier outputs in --out)",
     )
+    ap.add_argument("--seed", type=int, default=0, help="training seed of every stage (the demo data stay the same)")
     ap.add_argument("--adapt_override", default="{}", help="JSON dict of extra overrides for the adapted run")
     ap.add_argument(
         "--variants",
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     stages = set(args.stages.split(","))
     data = out / "demo"
     models = out / "models"
-    common = {"dataset_dir": data, "demo_dir": data}
+    common = {"dataset_dir": data, "demo_dir": data, "seed": args.seed}
     pretrained = models / "pretrained.pt"
     times_file = out / "times.json"
     times: dict[str, float] = _json(times_file) if times_file.is_file() else {}

@@ -83,6 +83,28 @@ def test_dynunet_taps_resolutions_and_bad_name() -> None:
         FeatureTaps(net, ["input_blok"])
 
 
+def test_monai_unet_taps_follow_the_nested_levels() -> None:
+    net = build_backbone(
+        "unet",
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=2,
+        channels=(4, 8, 16, 32),
+        strides=(2, 2, 2),
+        num_res_units=1,
+        norm="batch",
+    )
+    names = tap_points(net)
+    taps = FeatureTaps(net, names)
+    net(torch.zeros(2, 1, 16, 16, 16))
+    f = taps.pop()
+    assert [tuple(t.shape[1:3]) for t in f["encoder"]] == [(4, 8), (8, 4), (16, 2)]
+    assert tuple(f["bottleneck"][0].shape[1:3]) == (32, 2)
+    # decoder stages produce features (not the logits of model.2), finest first
+    assert "model.2" not in names["decoder"]
+    assert [t.shape[2] for t in f["decoder"]] == [8, 4]
+
+
 def test_finetuner_reports_missing_unexpected_mismatched(tmp_path) -> None:
     src = _net(out_channels=3)
     state = {("module." + k): v for k, v in src.state_dict().items()}

@@ -75,6 +75,7 @@ def test_pretrain_adapt_without_target_labels_evaluate_infer(work: dict[str, Pat
         for s in segs:
             shutil.copy(backup / f"{s.parent.name}.nii.gz", s)
     assert (work["models"] / "model.pt").is_file()
+    assert "AdaBN: re-estimated" in out.stdout  # BatchNorm statistics of the saved model are the target's
     assert (work["eval"] / "adapt_loss_curve.png").is_file()
     assert any((work["eval"] / "tb_adapt").iterdir())
     first = json.loads((work["eval"] / "adapt_time.json").read_text())

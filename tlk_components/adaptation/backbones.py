@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+from monai.networks.layers import SkipConnection
 from monai.networks.nets import AttentionUnet, DynUNet, FullyConnectedNet, UNet, resnet18, resnet34, resnet50
 from torch import nn
 
@@ -154,6 +155,17 @@ def tap_points(model: nn.Module) -> dict[str, list[str]]:
             "bottleneck": ["bottleneck"],
             "decoder": [f"upsamples.{i}" for i in reversed(range(len(model.upsamples)))],
         }
+    if isinstance(model, UNet):
+        # MONAI UNet nests Sequential(down, SkipConnection(Sequential(...)), up) per level; the innermost
+        # SkipConnection wraps the bottom (bottleneck) unit. Encoder = the strided "down" units, decoder = the "up"
+        # units that produce features (the last one, ``model.2``, produces the logits), both finest first.
+        names = dict(model.named_modules())
+        enc, dec, prefix = ["model.0"], [], "model.1"
+        while isinstance(names.get(f"{prefix}.submodule.1"), SkipConnection):
+            enc.append(f"{prefix}.submodule.0")
+            dec.append(f"{prefix}.submodule.2")
+            prefix = f"{prefix}.submodule.1"
+        return {"encoder": enc, "bottleneck": [f"{prefix}.submodule"], "decoder": dec}
     if isinstance(model, AttentionUnet):
         enc, prefix = ["model.0"], "model.1"
         names = dict(model.named_modules())

@@ -8,7 +8,7 @@ import os
 import torch
 import torch.distributed as dist
 
-__all__ = ["distributed_device", "init_distributed", "is_rank0", "rank"]
+__all__ = ["distributed_device", "init_distributed", "is_rank0", "rank", "sync_batchnorm"]
 
 
 def init_distributed(backend: str = "auto") -> torch.device:
@@ -48,3 +48,15 @@ def rank() -> int:
 
 def is_rank0() -> bool:
     return rank() == 0
+
+
+def sync_batchnorm(module: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
+    """``module`` with its BatchNorm layers converted to ``SyncBatchNorm`` when training on CUDA.
+
+    With several processes, SyncBatchNorm computes the batch statistics over all ranks' samples (the small
+    per-GPU batches of 3D segmentation make per-rank statistics noisy). PyTorch implements it for CUDA only, so on
+    CPU (gloo) the module is returned unchanged and each rank normalises with its own batch.
+    """
+    if torch.device(device).type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return module

@@ -64,6 +64,25 @@ def _json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def _adapt(out: Path, configs: list[str], log_name: str, tag: str, common: dict[str, Any], **overrides: Any) -> float:
+    """Adapt ``out/models/pretrained.pt`` with ``configs`` into ``models_<tag>/`` and ``eval_<tag>/`` (fresh run, no
+    validation); returns the adaptation's training time in seconds."""
+    models = out / "models"
+    _run(
+        configs,
+        out / log_name,
+        **common,
+        ckpt_dir=out / f"models_{tag}",
+        output_dir=out / f"eval_{tag}",
+        pretrained_path=models / "pretrained.pt",
+        plans_file=models / "plans.json",
+        val_interval=10**6,
+        resume=False,
+        **overrides,
+    )
+    return _json(out / f"eval_{tag}" / "adapt_time.json")["train_time_s"]
+
+
 def _variants(
     out: Path, common: dict[str, Any], variants: dict[str, dict[str, Any]], args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -73,19 +92,7 @@ def _variants(
     times: dict[str, float] = {}
     for name, overrides in variants.items():
         run_args = {"epochs": args.adapt_epochs, "epoch_length": args.adapt_epoch_length, **overrides}
-        _run(
-            ["train.json"],
-            out / f"variant_{name}.log",
-            **common,
-            ckpt_dir=out / f"models_v_{name}",
-            output_dir=out / f"eval_v_{name}",
-            pretrained_path=models / "pretrained.pt",
-            plans_file=models / "plans.json",
-            val_interval=10**6,
-            resume=False,
-            **run_args,
-        )
-        times[name] = _json(out / f"eval_v_{name}" / "adapt_time.json")["train_time_s"]
+        times[name] = _adapt(out, ["train.json"], f"variant_{name}.log", f"v_{name}", common, **run_args)
         ckpts[name] = str(out / f"models_v_{name}" / "model.pt")
     _run(
         ["train.json", "evaluate.json"],
@@ -175,36 +182,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         times["oracle_best_epoch"] = hist["epoch_of_best"]
         times["oracle_total_s"] = _json(out / "eval_oracle" / "oracle_time.json")["train_time_s"]
     if "adapt" in stages:
-        _run(
+        times["adapt_s"] = _adapt(
+            out,
             ["train.json"],
-            out / "adapt.log",
-            **common,
-            ckpt_dir=out / "models_adapted",
-            output_dir=out / "eval_adapted",
-            pretrained_path=pretrained,
-            plans_file=models / "plans.json",
+            "adapt.log",
+            "adapted",
+            common,
             epochs=args.adapt_epochs,
             epoch_length=args.adapt_epoch_length,
-            val_interval=10**6,
-            resume=False,
             **json.loads(args.adapt_override),
         )
-        times["adapt_s"] = _json(out / "eval_adapted" / "adapt_time.json")["train_time_s"]
     if "dann" in stages:
-        _run(
+        times["dann_s"] = _adapt(
+            out,
             ["train.json", "train_dann.json"],
-            out / "dann.log",
-            **common,
-            ckpt_dir=out / "models_dann",
-            output_dir=out / "eval_dann",
-            pretrained_path=pretrained,
-            plans_file=models / "plans.json",
+            "dann.log",
+            "dann",
+            common,
             epochs=args.dann_epochs,
             epoch_length=args.dann_epoch_length,
-            val_interval=10**6,
-            resume=False,
         )
-        times["dann_s"] = _json(out / "eval_dann" / "adapt_time.json")["train_time_s"]
     times_file.write_text(json.dumps(times, indent=2))
     if "evaluate" in stages:
         ckpts = {

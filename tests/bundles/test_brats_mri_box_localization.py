@@ -43,13 +43,9 @@ def _common(work: dict[str, Path]) -> dict:
 def test_configs_metadata_readme_and_duplicated_definitions_agree() -> None:
     for f in CFG.glob("*.json"):
         json.loads(f.read_text())
-    from tlk_components.zoo.metadata import metadata_errors
-
-    assert metadata_errors(CFG / "metadata.json") == []
+    # metadata schema and README == eval_metrics: tests/test_metadata_schema.py, for every bundle
     meta = json.loads((CFG / "metadata.json").read_text())
     readme = (BUNDLES / BUNDLE / "docs" / "README.md").read_text()
-    for key, value in meta["eval_metrics"].items():
-        assert f"| {key} | {value} |" in readme
     train = json.loads((CFG / "train.json").read_text())
     infer = json.loads((CFG / "inference.json").read_text())
     for key in (

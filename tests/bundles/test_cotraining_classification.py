@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -16,7 +15,6 @@ import torch
 from tests.bundle_utils import BUNDLES, run_bundle
 from tlk_components.data.cotraining import write_demo
 from tlk_components.utils.io import load_weights
-from tlk_components.zoo.metadata import metadata_errors
 
 NAME = "cotraining_classification"
 CONFIGS = BUNDLES / NAME / "configs"
@@ -133,13 +131,3 @@ def test_inference_networks_build_without_trained_models(tmp_path):
         net = parser.get_parsed_content(f"network_def_view{v}")
         assert net(torch.zeros(2, 1, 16, 8)).shape == (2, 10)
     assert not (tmp_path / "models").exists()
-
-
-def test_metadata_valid_and_readme_matches():
-    meta = json.loads((CONFIGS / "metadata.json").read_text())
-    assert metadata_errors(meta) == []
-    readme = (BUNDLES / NAME / "docs" / "README.md").read_text()
-    for key, value in meta["eval_metrics"].items():
-        m = re.search(rf"^\| {re.escape(key)} \| ([0-9.]+) \|", readme, flags=re.M)
-        assert m, f"README performance table lacks {key}"
-        assert float(m.group(1)) == pytest.approx(value), key

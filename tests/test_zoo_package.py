@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.zoo_helpers import make_fake_bundle
-from tlk_components.zoo.package import PackageError, package_bundle, sha256_file
+from tlk_components.zoo.package import PackageError, package_bundle, sha256_file, weight_files
+from tlk_components.zoo.registry import list_bundles
 
 NAME = "fake_mlp_classification"
 
@@ -55,6 +56,9 @@ def test_zip_layout_and_index_entry(tmp_path):
     assert e["source"] == zip_path.resolve().as_uri()
     meta = json.loads((b / "configs" / "metadata.json").read_text())
     assert e["monai_version"] == meta["monai_version"] and e["pytorch_version"] == meta["pytorch_version"]
+    assert e["untrained"] is False
+    assert e["weights_sha256"] == sha256_file(b / "models" / "model.pt")
+    assert e["weights"] == {"models/model.pt": e["weights_sha256"]}
     assert _leftovers(out) == []
 
 
@@ -78,14 +82,14 @@ def test_same_inputs_give_same_bytes(tmp_path):
 
 
 def test_base_url_sets_source(tmp_path):
-    b = make_fake_bundle(tmp_path / "src")
+    b = make_fake_bundle(tmp_path / "src", weights=True)
     e = package_bundle(b, tmp_path / "r", base_url="https://zoo.example.org/models/")
     assert e["source"] == f"https://zoo.example.org/models/{NAME}_v0.1.0.zip"
     assert package_bundle(b, tmp_path / "rel", base_url=".")["source"] == f"{NAME}_v0.1.0.zip"
 
 
 def test_released_version_is_immutable_until_bumped(tmp_path):
-    b = make_fake_bundle(tmp_path / "src")
+    b = make_fake_bundle(tmp_path / "src", weights=True)
     out = tmp_path / "release"
     first = package_bundle(b, out)
     assert package_bundle(b, out)["sha256"] == first["sha256"]  # unchanged contents: idempotent
@@ -109,7 +113,7 @@ def test_released_version_is_immutable_until_bumped(tmp_path):
 
 
 def test_ill_package_refuses_bundle_failing_verification(tmp_path):
-    b = make_fake_bundle(tmp_path / "src")
+    b = make_fake_bundle(tmp_path / "src", weights=True)
     meta_p = b / "configs" / "metadata.json"
     meta = json.loads(meta_p.read_text())
     del meta["authors"]
@@ -124,7 +128,7 @@ def test_ill_package_refuses_bundle_failing_verification(tmp_path):
 
 
 def test_ill_package_refuses_corrupt_index(tmp_path):
-    b = make_fake_bundle(tmp_path / "src")
+    b = make_fake_bundle(tmp_path / "src", weights=True)
     out = tmp_path / "release"
     out.mkdir()
     (out / "model_info.json").write_text("[1, 2")
@@ -135,7 +139,7 @@ def test_ill_package_refuses_corrupt_index(tmp_path):
 
 
 def test_ill_cli_package_unverified_exits_2(tmp_path):
-    b = make_fake_bundle(tmp_path / "src")
+    b = make_fake_bundle(tmp_path / "src", weights=True)
     (b / "LICENSE").unlink()
     proc = subprocess.run(
         [sys.executable, "-m", "tlk_components", "package", str(b), "--out", str(tmp_path / "out")],
@@ -146,3 +150,109 @@ def test_ill_cli_package_unverified_exits_2(tmp_path):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "refusing to package" in proc.stderr and "LICENSE: missing" in proc.stderr
+
+
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tlk_components", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env=dict(os.environ, TLK_NUM_THREADS="1"),
+    )
+
+
+def test_ill_untrained_bundle_is_refused_with_the_fix(tmp_path):
+    b = make_fake_bundle(tmp_path / "src")  # passes verification, but has no models/model.pt
+    out = tmp_path / "release"
+    with pytest.raises(PackageError) as e:
+        package_bundle(b, out)
+    text = str(e.value)
+    assert f"refusing to package {NAME}: no trained weights: {b / 'models' / 'model.pt'} missing" in text
+    assert f"Train it first (python -m monai.bundle run --config_file {b / 'configs' / 'train.json'}" in text
+    assert "or pass --allow-untrained (allow_untrained=True) for a config-only release" in text
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_allow_untrained_is_recorded_in_the_index(tmp_path):
+    b = make_fake_bundle(tmp_path / "src")
+    out = tmp_path / "release"
+    e = package_bundle(b, out, allow_untrained=True)
+    assert e["untrained"] is True and e["weights_sha256"] is None and e["weights"] == {}
+    index = json.loads((out / "model_info.json").read_text())
+    assert index[f"{NAME}_v0.1.0"]["untrained"] is True
+    assert not any("/models/" in n for n in zipfile.ZipFile(e["zip"]).namelist())
+    # a trained release of the next version records its weights
+    meta_p = b / "configs" / "metadata.json"
+    meta = json.loads(meta_p.read_text())
+    meta["version"] = "0.2.0"
+    meta["changelog"]["0.2.0"] = "trained weights"
+    meta_p.write_text(json.dumps(meta, indent=4) + "\n")
+    trained = make_fake_bundle(tmp_path / "w", weights=True)
+    (b / "models").mkdir()
+    (b / "models" / "model.pt").write_bytes((trained / "models" / "model.pt").read_bytes())
+    e2 = package_bundle(b, out)
+    index = json.loads((out / "model_info.json").read_text())
+    assert index[f"{NAME}_v0.2.0"]["untrained"] is False
+    assert index[f"{NAME}_v0.2.0"]["weights_sha256"] == sha256_file(b / "models" / "model.pt") == e2["weights_sha256"]
+    assert index[f"{NAME}_v0.1.0"]["untrained"] is True
+
+
+def test_cli_package_untrained_refused_then_allowed(tmp_path):
+    b = make_fake_bundle(tmp_path / "src")
+    refused = _cli("package", str(b), "--out", str(tmp_path / "out"))
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "no trained weights" in refused.stderr and "--allow-untrained" in refused.stderr
+    ok = _cli("package", str(b), "--out", str(tmp_path / "out"), "--allow-untrained")
+    assert ok.returncode == 0, ok.stderr
+    assert "untrained (no weights)" in ok.stdout
+    assert json.loads((tmp_path / "out" / "model_info.json").read_text())[f"{NAME}_v0.1.0"]["untrained"] is True
+
+
+def test_weights_declared_in_large_files_count_as_trained(tmp_path):
+    b = make_fake_bundle(tmp_path / "src")
+    digest = "ab" * 32
+    (b / "large_files.yml").write_text(
+        f"large_files:\n- path: models/model.pt\n  url: https://zoo.example.org/w.pt\n  hash_val: {digest}\n"
+        "  hash_type: sha256\n"
+    )
+    e = package_bundle(b, tmp_path / "release")
+    assert e["untrained"] is False and e["weights_sha256"] == digest
+    assert f"{NAME}/large_files.yml" in zipfile.ZipFile(e["zip"]).namelist()
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("large_files:\n- path: ../outside.pt\n  url: https://x/y.pt\n", r"leaves the bundle folder"),
+        ("large_files: [", r"large_files.yml: not valid YAML"),
+    ],
+)
+def test_ill_package_refuses_bad_large_files(tmp_path, text, match):
+    b = make_fake_bundle(tmp_path / "src", weights=True)
+    (b / "large_files.yml").write_text(text)
+    with pytest.raises(PackageError, match=rf"(?s)refusing to package {NAME}:.*{match}"):
+        package_bundle(b, tmp_path / "release")
+    assert not (tmp_path / "release").exists()
+
+
+def test_ill_package_refuses_weights_not_matching_large_files(tmp_path):
+    b = make_fake_bundle(tmp_path / "src", weights=True)
+    (b / "large_files.yml").write_text(
+        f"large_files:\n- path: models/model.pt\n  url: https://x/y.pt\n  hash_val: '{'0' * 64}'\n"
+    )
+    with pytest.raises(PackageError, match=r"models/model.pt: sha256 is [0-9a-f]{64} but large_files.yml says 0{64}"):
+        package_bundle(b, tmp_path / "release")
+
+
+def test_weight_files_per_network():
+    assert weight_files(Path("/nonexistent")) == {"network_def": "models/model.pt"}  # no inference.json: the default
+    bundles = list_bundles()
+    if "cotraining_classification" in bundles:  # a two-network bundle: one weights file per network_def_<name>
+        assert weight_files(bundles["cotraining_classification"]) == {
+            "network_def_view0": "models/model_view0.pt",
+            "network_def_view1": "models/model_view1.pt",
+        }
+    if "mnist_mlp_classification" in bundles:
+        assert weight_files(bundles["mnist_mlp_classification"]) == {"network_def": "models/model.pt"}

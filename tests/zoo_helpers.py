@@ -29,6 +29,11 @@ NET = {
 INIT = ["$tlk_components.utils.configure_threads(@num_threads)", "$monai.utils.set_determinism(seed=0)"]
 
 
+def _json(obj: Any) -> str:
+    """JSON as the zoo's pre-commit hook formats it (4-space indent, key order kept, trailing newline)."""
+    return json.dumps(obj, indent=4, ensure_ascii=False) + "\n"
+
+
 def _metadata(name: str, version: str, metric: float) -> dict[str, Any]:
     return {
         "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json",
@@ -95,7 +100,7 @@ def make_fake_bundle(
     (b / "configs").mkdir(parents=True, exist_ok=True)
     (b / "docs").mkdir(exist_ok=True)
     (b / "LICENSE").write_text("Apache License 2.0 (test fixture)\n")
-    (b / "configs" / "metadata.json").write_text(json.dumps(_metadata(name, version, metric), indent=4))
+    (b / "configs" / "metadata.json").write_text(_json(_metadata(name, version, metric)))
     common = {
         "imports": ["$import os", "$import torch", "$import tlk_components"],
         "bundle_root": "$tlk_components.zoo.infer_bundle_root()",
@@ -134,9 +139,9 @@ def make_fake_bundle(
             "run": ["$print('inference')"],
         }
     )
-    (b / "configs" / "train.json").write_text(json.dumps(train, indent=4))
-    (b / "configs" / "inference.json").write_text(json.dumps(inference, indent=4))
-    (b / "configs" / "evaluate.json").write_text(json.dumps({"run": ["$@validate#evaluator.run()"]}, indent=4))
+    (b / "configs" / "train.json").write_text(_json(train))
+    (b / "configs" / "inference.json").write_text(_json(inference))
+    (b / "configs" / "evaluate.json").write_text(_json({"run": ["$@validate#evaluator.run()"]}))
     mg = {
         "network": {
             "_target_": "torch.nn.parallel.DistributedDataParallel",
@@ -145,12 +150,13 @@ def make_fake_bundle(
         "train#sampler": {"_target_": "monai.data.DistributedSampler", "dataset": "@train#dataset"},
         "initialize": ["$tlk_components.engines.distributed.init_distributed()", *INIT],
     }
-    (b / "configs" / "multi_gpu_train.json").write_text(json.dumps(mg, indent=4))
+    (b / "configs" / "multi_gpu_train.json").write_text(_json(mg))
     (b / "configs" / "logging.conf").write_text(
         "[loggers]\nkeys=root\n[handlers]\nkeys=console\n[formatters]\nkeys=f\n[logger_root]\nlevel=INFO\n"
         "handlers=console\n[handler_console]\nclass=StreamHandler\nlevel=INFO\nformatter=f\nargs=(sys.stdout,)\n"
         "[formatter_f]\nformat=%(message)s\n"
     )
+    (b / "docs" / "data_license.txt").write_text("Test fixture: no third-party data.\n")
     (b / "docs" / "README.md").write_text(
         f"# Model Overview\nA fake bundle.\n\n## Performance\n\n| metric | value |\n|---|---|\n| accuracy | {metric} |\n\n"
         "Command: none (test fixture).\n\n## MONAI Bundle Commands\n\n| accuracy | 0.0 |\n\n# License\nApache-2.0\n"

@@ -8,7 +8,6 @@ message and exit with status 2, without a traceback.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -16,27 +15,24 @@ import fire
 
 from tlk_components.utils.errors import TLKError
 from tlk_components.zoo.datasets import DatasetReport
-from tlk_components.zoo.registry import DATA_MODULES, get_data_module, list_bundles
+from tlk_components.zoo.registry import get_data_module
 
 __all__ = ["list_cmd", "main", "prepare_demo", "verify_dataset"]
 
 
-def list_cmd(index: str | None = None) -> str:
-    """List the bundles in this checkout (name, version, task), or those an index offers with --index.
+def list_cmd(index: str | None = None, timeout: float = 30.0) -> str:
+    """List the local bundles (name, version, trained or not, MONAI/torch versions, task), or an index's with --index.
 
     Args:
         index: URL (http(s)://, file://) or path of a zoo index (model_info.json); default: the local bundles.
+        timeout: seconds to wait for a server (default 30).
     """
-    if index is not None:
-        from tlk_components.zoo.download import list_index  # noqa: PLC0415  (zoo operations, issue 7)
+    from tlk_components.zoo.api import format_bundles_info, list_bundles_info  # noqa: PLC0415  (zoo operations)
 
-        return list_index(index)
-    rows = []
-    for name, path in list_bundles().items():
-        meta = json.loads((path / "configs" / "metadata.json").read_text())
-        demo = "demo data" if name in DATA_MODULES else "no demo"
-        rows.append(f"{name:40s} {meta.get('version', '?'):8s} {demo:10s} {meta.get('task', '')}")
-    return "\n".join(rows) if rows else "no bundles found"
+    rows = list_bundles_info(index, timeout=float(timeout))
+    if index is not None and not rows:
+        return f"index {index} lists no bundles"
+    return format_bundles_info(rows)
 
 
 def prepare_demo(bundle: str, dir: str, size: str = "demo", seed: int = 0) -> str:
@@ -91,6 +87,7 @@ OPTIONAL_COMMANDS: dict[str, str] = {
     "verify": "tlk_components.zoo.verify:verify_cmd",
     "package": "tlk_components.zoo.package:package_cmd",
     "download": "tlk_components.zoo.download:download_cmd",
+    "download_large_files": "tlk_components.zoo.large_files:fetch_large_files_cmd",
     "kidney_demo": "tlk_components.adaptation.demo:run_demo",
     "convert_kits19": "tlk_components.data.convert:convert_kits19",
     "convert_amos22": "tlk_components.data.convert:convert_amos22",

@@ -3,10 +3,12 @@
 
 :class:`CoTrainer` runs ``iterations`` rounds of
 
-1. train model ``v`` (``v`` = 0, 1) on view ``v`` of its own training set for up to ``epochs`` epochs (a MONAI
+1. train model ``v`` (``v`` = 0, 1) on view ``v`` of its own training set for up to ``max_epochs`` epochs (a MONAI
    ``SupervisedTrainer`` with validation after every epoch, ``ReduceLROnPlateau`` on the validation loss, early
    stopping after ``patience`` epochs without improvement, best weights per model saved atomically as
-   ``model_view0.pt`` / ``model_view1.pt``, the zoo's ``models/model_<name>.pt`` for ``network_def_<name>``);
+   ``model_view0.pt`` / ``model_view1.pt``); both best models together are ``model.pt``, the state dict of the
+   bundle's ``network_def`` (:class:`~tlk_components.networks.two_view.TwoViewClassifier`, keys ``view0.*`` and
+   ``view1.*``), rewritten atomically after every round;
 2. score the unlabelled pool with both models and exchange pseudo-labels
    (:func:`tlk_components.engines.pseudo_label.exchange_pseudo_labels`): each model's ``k`` most confident picks,
    minus conflicts, join the *other* model's training set; the picks leave the pool;
@@ -14,7 +16,10 @@
    validation accuracy of each model and of the ensemble) to ``cotraining_log.json`` / ``.csv``, TensorBoard and
    ``cotraining_accuracy.png``, and write ``checkpoint_last.pt`` (everything needed to resume, atomically).
 
-The ensemble averages the two models' softmax probabilities, each model seeing its own view.
+The ensemble averages the two models' softmax probabilities, each model seeing its own view
+(:func:`~tlk_components.networks.two_view.ensemble_probabilities`, the output of ``TwoViewClassifier``).
+:class:`CoTrainingEvaluator` and :class:`CoTrainingPredictor` load ``model.pt`` into the ``TwoViewClassifier`` and
+feed it :class:`TwoViewDataset` items: the two views of a sample stacked as channels, view 0 first.
 
 ``k`` larger than the unlabelled pool at the start is a :class:`~tlk_components.utils.errors.ConfigError`
 (nothing is computed). As the pool shrinks below ``k`` in later rounds, ``k`` is clamped to what is left (logged),
@@ -46,6 +51,7 @@ from tlk_components.data.cotraining import TwoViewSamples, TwoViewSplits, read_p
 from tlk_components.engines.checkpoint import AtomicCheckpointSaver, unwrap_model
 from tlk_components.engines.pseudo_label import exchange_pseudo_labels
 from tlk_components.engines.reporting import save_bar_chart, save_figure, to_jsonable
+from tlk_components.networks.two_view import TwoViewClassifier, ensemble_probabilities, two_view_state_dict
 from tlk_components.utils.errors import ConfigError, DatasetError
 from tlk_components.utils.io import atomic_torch_save, atomic_write_json, atomic_write_text, load_weights
 from tlk_components.utils.validation import check_positive_int, check_probability, look_up_option
@@ -54,6 +60,8 @@ __all__ = [
     "CoTrainer",
     "CoTrainingEvaluator",
     "CoTrainingPredictor",
+    "MODEL_NAME",
+    "TwoViewDataset",
     "ViewImages",
     "model_filename",
     "plot_cotraining_log",
@@ -64,6 +72,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MODES = ("cotraining", "labelled_only", "all_labels")
+#: File name of both best models together: the state dict of the bundle's ``network_def`` (``TwoViewClassifier``).
+MODEL_NAME = "model.pt"
 LOG_NAME = "cotraining_log"
 PLOT_NAME = "cotraining_accuracy.png"
 LOG_FIELDS = (
@@ -139,6 +149,84 @@ class ViewImages:
         return self._cache[i] if self._cache is not None else self._load(self.paths[i])
 
 
+class TwoViewDataset(Dataset):
+    """Aligned view pairs as one dataset: item ``i`` is ``{"image": both views stacked as channels, "label": class}``.
+
+    ``image`` is view 0 then view 1 of sample ``i`` concatenated along the channel axis (``c0 + c1, H, W``): the
+    input of the bundle's ``network_def``
+    (:class:`~tlk_components.networks.two_view.TwoViewClassifier`); ``label`` is the class index (int64), -1 where
+    it is unknown. The co-training engine reads each view on its own through :attr:`views` (one model per view) and
+    indexes the dataset with the ids of :class:`~tlk_components.data.cotraining.TwoViewSplits`; the evaluator and
+    the predictor batch its items.
+
+    Args:
+        data: the aligned sample table (:class:`~tlk_components.data.cotraining.TwoViewSamples`, e.g.
+            ``splits.samples``), or the path of a CSV of view pairs (header ``view0,view1[,label]``, paths relative
+            to the CSV; for inference: its labels are kept as text in :attr:`raw_labels` and ``label`` is -1).
+        transform: path -> tensor ``C, H, W`` (a MONAI transform chain), one for both views or one per view.
+        cache: keep every image in memory once the views are first read (default True); False reads on access.
+
+    Attributes:
+        view0, view1: absolute image paths per view.
+        labels: class index per sample, -1 where unknown.
+        raw_labels: the CSV's label column as text (``""`` where empty), or None for a sample table.
+
+    Raises:
+        ConfigError: ``data`` is neither a sample table nor a CSV path.
+        DatasetError: the CSV is malformed or image files it lists are missing (every one named).
+    """
+
+    def __init__(
+        self,
+        data: TwoViewSamples | str | os.PathLike,
+        transform: Callable | Sequence[Callable],
+        cache: bool = True,
+    ) -> None:
+        self.raw_labels: list[str] | None = None
+        if isinstance(data, TwoViewSamples):
+            self.view0, self.view1 = list(data.view0), list(data.view1)
+            self.labels = np.asarray(data.labels, dtype=np.int64)
+        elif isinstance(data, str | os.PathLike):
+            self.view0, self.view1, self.raw_labels = read_pairs_csv(data)
+            base = Path(data).parent
+            missing = [
+                f"{os.path.relpath(p, base)}: image file missing" for p in self.view0 + self.view1 if not os.path.isfile(p)
+            ]
+            if missing:
+                raise DatasetError(f"{data}: {len(missing)} image file(s) missing", missing)
+            self.labels = np.full(len(self.view0), -1, dtype=np.int64)
+        else:
+            raise ConfigError(
+                "data: expected TwoViewSamples (e.g. $@splits.samples) or the path of a view0,view1[,label] CSV, "
+                f"got {type(data).__name__}"
+            )
+        self.transform = _pair("transform", transform)
+        self.cache = bool(cache)
+        self._views: list[ViewImages] | None = None
+
+    @property
+    def views(self) -> list[ViewImages]:
+        """The images of view 0 and of view 1 (:class:`ViewImages`; read on first use, then cached)."""
+        if self._views is None:
+            self._views = [
+                ViewImages(paths, t, self.cache) for paths, t in zip((self.view0, self.view1), self.transform, strict=True)
+            ]
+        return self._views
+
+    def __len__(self) -> int:
+        return len(self.view0)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        x0, x1 = self.views[0][i], self.views[1][i]
+        if x0.shape[1:] != x1.shape[1:]:
+            raise DatasetError(
+                f"sample {i}: view 0 ({self.view0[i]}) is {list(x0.shape)} but view 1 ({self.view1[i]}) is "
+                f"{list(x1.shape)}; the two-view network takes both views stacked as channels, so they need the same "
+                "spatial size: add a Resize to the preprocessing"
+            )
+        return {"image": torch.cat([x0, x1]), "label": torch.tensor(int(self.labels[i]), dtype=torch.long)}
+
+
 class _LabelledView(Dataset):
     """``{"image", "label"}`` items for sample ids ``ids`` of one view (labels may be pseudo-labels)."""
 
@@ -167,8 +255,17 @@ def predict_proba(
     ids: Sequence[int] | np.ndarray,
     device: torch.device | str,
     batch_size: int = 256,
+    inferer: Callable | None = None,
 ) -> torch.Tensor:
     """Softmax class probabilities of ``network`` on samples ``ids`` of one view, in eval mode.
+
+    Args:
+        network: the classifier of the view (logits).
+        images: the view's images.
+        ids: sample ids to score.
+        device: where ``network`` runs.
+        batch_size: images per forward pass (default 256).
+        inferer: ``inferer(x, network)`` runs the network (a MONAI ``Inferer``); default a direct call.
 
     Shape:
         returns ``len(ids), C`` (float32, on CPU).
@@ -180,7 +277,8 @@ def predict_proba(
     ids = np.asarray(ids, dtype=np.int64)
     for s in range(0, len(ids), batch_size):
         x = torch.stack([images[int(i)] for i in ids[s : s + batch_size]]).to(device)
-        out.append(torch.softmax(net(x).float(), dim=1).cpu())
+        logits = inferer(x, net) if inferer is not None else net(x)
+        out.append(torch.softmax(logits.float(), dim=1).cpu())
     net.train(was_training)
     if not out:
         n_cls = getattr(net, "num_classes", None)

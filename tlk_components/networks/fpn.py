@@ -17,11 +17,15 @@ Deliberate addition: the classification bias is initialised to ``-log((1 - pi) /
 ``pi = 0.01``; the document does not), so training starts with every anchor at probability ``pi`` instead of
 0.5, which keeps the first focal-loss steps from being dominated by the ~10^4 negatives.
 
-Outputs: ``{"classification": ([B, A*K, gh, gw] per level), "box_regression": ([B, A*4, gh, gw] per level)}``
-in increasing level order (MONAI ``RetinaNet`` format, with tuples instead of lists; in 3-D mode each map has a
-slice axis: ``[B, C, Z, gh, gw]``). The same dict is returned in training and evaluation. Tuples, not lists, so
-that ``torch.jit.trace`` accepts the output (a dict of str to tuples of tensors) and ``ckpt_export`` can export
-the network; every consumer (loss, decoder) takes any sequence of maps.
+Outputs: ``{"classification": [[B, A*K, gh, gw] per level], "box_regression": [[B, A*4, gh, gw] per level]}``
+in increasing level order (MONAI ``RetinaNet`` format, ``Dict[str, List[Tensor]]``; in 3-D mode each map has a
+slice axis: ``[B, C, Z, gh, gw]``). The same dict is returned in training and evaluation. Lists (version 0.1.1
+of the bundle returned tuples, which TorchScript cannot annotate for a configurable number of levels) so that
+``torch.jit.script`` compiles the network and ``ckpt_export(..., use_trace=False)`` exports it, as the MONAI
+Model Zoo's CI does; every consumer (loss, decoder) takes any sequence of maps. Tracing remains possible as a
+fallback: ``torch.jit.trace(net, x, strict=False)`` (``ckpt_export(..., use_trace=True,
+converter_kwargs={"strict": False})``); while tracing, the per-level maps are returned as tuples, the only
+container the tracer accepts inside a dict output.
 """
 
 from __future__ import annotations
@@ -38,6 +42,21 @@ from tlk_components.utils.errors import ConfigError
 from tlk_components.utils.validation import check_in_range, check_positive_int, look_up_option
 
 __all__ = ["BoxFPN"]
+
+
+@torch.jit.interface
+class _SequentialModule(nn.Module):
+    """TorchScript interface of an ``nn.Sequential`` (``forward(input)``), to index a ModuleDict by a variable."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # the argument name must match nn.Sequential's
+        pass
+
+
+def _shape_str(sizes: list[int]) -> str:
+    """``str(tuple(sizes))`` (``"(1, 4, 64, 64)"``, ``"(5,)"``), written so that TorchScript can compile it."""
+    if len(sizes) == 1:
+        return f"({sizes[0]},)"
+    return "(" + ", ".join([str(s) for s in sizes]) + ")"
 
 
 class BoxFPN(nn.Module):
@@ -99,6 +118,8 @@ class BoxFPN(nn.Module):
         self.deepest_level = len(chans) - 1
         params.check_network_depth(self.deepest_level, name=f"BoxFPN (channels={chans})")
         self.levels = list(params.levels)
+        self.lowest_level = min(self.levels)
+        self._image_shape = [int(s) for s in params.image_shape]  # for forward's check (TorchScript-typed)
         self.num_classes = params.classes
         self.num_anchors = params.num_anchors_per_location
 
@@ -118,7 +139,7 @@ class BoxFPN(nn.Module):
         for i in range(1, len(chans)):
             self.contracting.append(nn.Sequential(block(chans[i - 1], chans[i], s2), block(chans[i], chans[i])))
         self.upsample = nn.Upsample(scale_factor=2 if sd == 2 else (1, 2, 2), mode="nearest")
-        lowest = min(self.levels)
+        lowest = self.lowest_level
         self.top_proj = proj(chans[-1], fpn_channels)
         self.lateral = nn.ModuleDict({str(c): proj(chans[c], fpn_channels) for c in range(lowest, self.deepest_level)})
         self.merge = nn.ModuleDict(
@@ -146,30 +167,31 @@ class BoxFPN(nn.Module):
             nn.init.normal_(final.weight, std=0.01)
             nn.init.zeros_(final.bias)
 
-    def forward(self, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, ...]]:
-        """Run the backbone and heads.
+    def forward(self, x: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+        """Run the backbone and heads (TorchScript-compatible: ``torch.jit.script`` compiles it).
 
         Args:
             x: ``[B, in_channels, H, W]`` (2-D) or ``[B, in_channels, Z, H, W]`` (3-D), ``(H, W) == image_shape``.
 
         Returns:
-            ``{"classification": tuple of [B, A*K, ...] maps, "box_regression": tuple of [B, A*4, ...] maps}``, one
+            ``{"classification": list of [B, A*K, ...] maps, "box_regression": list of [B, A*4, ...] maps}``, one
             map per level of ``params.levels`` in increasing order.
 
         Raises:
             ValueError: wrong number of dimensions or in-plane size.
         """
         expected = 2 + self.spatial_dims
-        if x.ndim != expected:
+        if x.dim() != expected:
             raise ValueError(
-                f"input of shape {tuple(x.shape)}: expected {expected}-D [B, C, ...] for spatial_dims={self.spatial_dims}"
+                f"input of shape {_shape_str([int(s) for s in x.shape])}: expected {expected}-D [B, C, ...] for "
+                f"spatial_dims={self.spatial_dims}"
             )
-        if tuple(x.shape[-2:]) != tuple(self.params.image_shape):
+        if int(x.shape[-2]) != self._image_shape[0] or int(x.shape[-1]) != self._image_shape[1]:
             raise ValueError(
-                f"input slices are {tuple(x.shape[-2:])}, the BoxParams image_shape is {self.params.image_shape}; "
-                "resize the slices (or change image_shape)"
+                f"input slices are {_shape_str([int(s) for s in x.shape[-2:]])}, the BoxParams image_shape is "
+                f"{_shape_str(self._image_shape)}; resize the slices (or change image_shape)"
             )
-        feats = []
+        feats: list[torch.Tensor] = []
         h = x
         for stage in self.contracting:
             h = stage(h)
@@ -177,10 +199,25 @@ class BoxFPN(nn.Module):
         maps: dict[int, torch.Tensor] = {}
         top = self.top_proj(feats[-1])
         maps[self.deepest_level] = top
-        for c in range(self.deepest_level - 1, min(self.levels) - 1, -1):
-            top = self.merge[str(c)](self.upsample(top) + self.lateral[str(c)](feats[c]))
+        for c in range(self.deepest_level - 1, self.lowest_level - 1, -1):  # top-down pathway
+            key = str(c)
+            if torch.jit.is_scripting():
+                # TorchScript indexes a ModuleDict with a variable key only through a module interface; this
+                # branch is compiled, never run, in eager mode
+                merge: _SequentialModule = self.merge[key]
+                lateral: _SequentialModule = self.lateral[key]
+                top = merge.forward(self.upsample(top) + lateral.forward(feats[c]))
+            else:  # module calls (not .forward) so that forward hooks fire
+                top = self.merge[key](self.upsample(top) + self.lateral[key](feats[c]))
             maps[c] = top
-        return {
-            "classification": tuple(self.cls_heads[str(c)](maps[c]) for c in self.levels),
-            "box_regression": tuple(self.reg_heads[str(c)](maps[c]) for c in self.levels),
-        }
+        # the head dicts hold one entry per level, inserted in the (increasing) order of self.levels
+        classification: list[torch.Tensor] = []
+        for key, head in self.cls_heads.items():
+            classification.append(head(maps[int(key)]))
+        box_regression: list[torch.Tensor] = []
+        for key, head in self.reg_heads.items():
+            box_regression.append(head(maps[int(key)]))
+        if not torch.jit.is_scripting() and torch.jit.is_tracing():
+            # the tracer accepts a dict output only of tuples (with strict=False); not compiled when scripting
+            return {"classification": tuple(classification), "box_regression": tuple(box_regression)}
+        return {"classification": classification, "box_regression": box_regression}

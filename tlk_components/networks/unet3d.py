@@ -50,14 +50,35 @@ __all__ = ["NORMS", "AttentionUNet3D", "UNet3D", "check_divisible"]
 NORMS = ("batch", "instance")
 
 
+def _shape_str(sizes: list[int]) -> str:
+    """``str(tuple(sizes))`` (``"(48, 48, 32)"``, ``"(5,)"``), written so that TorchScript can compile it."""
+    if len(sizes) == 1:
+        return f"({sizes[0]},)"
+    return "(" + ", ".join([str(s) for s in sizes]) + ")"
+
+
 def check_divisible(x: torch.Tensor, factor: int, name: str) -> None:
-    """Raise a clear ``ValueError`` unless every spatial size of ``x`` (``B, C, *spatial``) is a multiple of ``factor``."""
-    spatial = tuple(x.shape[2:])
-    if any(s % factor for s in spatial):
-        raise ValueError(
-            f"{name}: input spatial shape {spatial} must be a multiple of {factor} in every axis (one halving per "
-            f"level); pad the input (monai.transforms.DivisiblePad(k={factor})) or pick a patch_size divisible by {factor}"
-        )
+    """Raise a clear ``ValueError`` unless every spatial size of ``x`` (``B, C, *spatial``) is a multiple of ``factor``.
+
+    TorchScript-compatible: the networks call it from ``forward``, which ``torch.jit.script`` compiles (a scripted
+    module raises the same message as a ``torch.jit.Error``).
+
+    Args:
+        x: a ``(B, C, *spatial)`` tensor.
+        factor: the required divisor of every spatial size, >= 1.
+        name: the network named in the message.
+
+    Raises:
+        ValueError: a spatial size of ``x`` that is not a multiple of ``factor``.
+    """
+    spatial: list[int] = [int(s) for s in x.shape[2:]]
+    for s in spatial:
+        if s % factor != 0:
+            raise ValueError(
+                f"{name}: input spatial shape {_shape_str(spatial)} must be a multiple of {factor} in every axis (one "
+                f"halving per level); pad the input (monai.transforms.DivisiblePad(k={factor})) or pick a patch_size "
+                f"divisible by {factor}"
+            )
 
 
 def _check_channels(channels: Sequence[int], minimum_len: int, even: bool) -> tuple[int, ...]:
@@ -71,6 +92,14 @@ def _check_channels(channels: Sequence[int], minimum_len: int, even: bool) -> tu
             f"channels={list(out)}: every width must be even (each level's first convolution has half its width)"
         )
     return out
+
+
+@torch.jit.interface
+class _SequentialModule(nn.Module):
+    """TorchScript interface of an ``nn.Sequential`` (``forward(input)``), to index a ModuleList by a variable."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # the argument name must match nn.Sequential's
+        pass
 
 
 class _DoubleConv(nn.Sequential):
@@ -150,6 +179,7 @@ class UNet3D(nn.Module):
         self.se_type = None if se_type is None else look_up_option("se_type", se_type, SE_TYPES)
         se_reduction = check_positive_int("se_reduction", se_reduction)
         self.divisor = 2 ** (len(self.channels) - 1)
+        self._net_name = type(self).__name__  # for the error message of forward (TorchScript has no type(self))
 
         block = {
             "spatial_dims": spatial_dims,
@@ -190,15 +220,34 @@ class UNet3D(nn.Module):
         self.head = Convolution(spatial_dims, c[0], self.out_channels, kernel_size=1, conv_only=True, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_divisible(x, self.divisor, type(self).__name__)
-        skips = []
+        """Logits for a batch of volumes.
+
+        Args:
+            x: ``(B, in_channels, *spatial)``, every spatial size a multiple of ``2 ** (len(channels) - 1)``.
+
+        Returns:
+            ``(B, out_channels, *spatial)`` logits.
+
+        Raises:
+            ValueError: a spatial size that is not a multiple of ``2 ** (len(channels) - 1)``.
+        """
+        check_divisible(x, self.divisor, self._net_name)
+        skips: list[torch.Tensor] = []
         for enc in self.encoders:
             x = enc(x)
             skips.append(x)
             x = self.pool(x)
         x = self.bottleneck(x)
-        for i in reversed(range(len(self.decoders))):
-            x = self.decoders[i](torch.cat([skips[i], self.upsamples[i](x)], dim=1))
+        for i in range(len(self.decoders) - 1, -1, -1):  # coarsest level first
+            if torch.jit.is_scripting():
+                # TorchScript indexes a ModuleList with a loop variable only through a module interface (and
+                # iterates one only forwards); this branch is compiled, never run, in eager mode
+                up: _SequentialModule = self.upsamples[i]
+                dec: _SequentialModule = self.decoders[i]
+                x = dec.forward(torch.cat([skips[i], up.forward(x)], dim=1))
+            else:
+                # module calls (not .forward) so that forward hooks, e.g. Grad-CAM's, fire
+                x = self.decoders[i](torch.cat([skips[i], self.upsamples[i](x)], dim=1))
         return self.head(x)
 
 
@@ -259,7 +308,20 @@ class AttentionUNet3D(AttentionUnet):
         self.divisor = 1
         for s in strides:
             self.divisor *= s
+        self._net_name = type(self).__name__  # for the error message of forward (TorchScript has no type(self))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_divisible(x, self.divisor, type(self).__name__)
-        return super().forward(x)
+        """Logits for a batch of images.
+
+        Args:
+            x: ``(B, in_channels, *spatial)``, every spatial size a multiple of ``prod(strides)``.
+
+        Returns:
+            ``(B, out_channels, *spatial)`` logits.
+
+        Raises:
+            ValueError: a spatial size that is not a multiple of ``prod(strides)``.
+        """
+        check_divisible(x, self.divisor, self._net_name)
+        # MONAI's AttentionUnet.forward is ``self.model(x)``; called directly since TorchScript has no super()
+        return self.model(x)

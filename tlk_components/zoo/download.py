@@ -2,20 +2,23 @@
 """``tlk download`` and ``tlk list --index``: fetch a bundle from a zoo index, verified and extracted atomically.
 
 An index is a JSON file (``model_info.json``, written by ``tlk package``) mapping ``"<name>_v<version>"`` to an
-entry with at least ``source`` (URL, or a path relative to the index) and ``sha256``; ``monai_version`` is used to
-pick a compatible version. It can be read over ``http(s)://``, ``file://`` or as a plain path (a folder means
-``<folder>/model_info.json``).
+entry with at least ``source`` (URL, or a path relative to the index) and ``sha256``; ``monai_version`` and
+``pytorch_version`` are used to pick a compatible version. It can be read over ``http(s)://``, ``file://`` or as a
+plain path (a folder means ``<folder>/model_info.json``).
 
 What MONAI's ``monai.bundle download`` does not do and this module does (reference: model_zoo.md §3.3):
 
 * the zip's sha256 is checked against the index **before anything is extracted**; a mismatch leaves the target
   folder untouched;
-* versions are ordered numerically (``0.5.10 > 0.5.9``), and without ``--version`` the newest version whose
-  ``monai_version`` is not newer than the installed MONAI is chosen;
+* versions are ordered by semantic versioning (``0.5.10 > 0.5.9``, ``1.0.0-rc1 < 1.0.0-rc2 < 1.0.0``, PEP 440
+  ``1.0.0rc1`` too), and without ``--version`` the newest version whose recorded ``monai_version`` and
+  ``pytorch_version`` are compatible with the installed ones (same major version, not newer; MONAI issue 7930) is
+  chosen, a stable release before any pre-release; the choice and the versions skipped are reported;
 * plain local paths work, and a server that does not answer fails after ``timeout`` seconds with a clear message;
 * the archive is checked before extraction (one top folder named after the bundle; no absolute paths, no ``..``,
-  no symbolic links leaving the folder), extracted into a temporary folder next to the target and renamed into
-  place; an existing copy is replaced only after the new one is complete.
+  no symbolic links leaving the folder), extracted into a temporary folder next to the target, completed with the
+  files its ``large_files.yml`` lists (hash-checked) and renamed into place; an existing copy is replaced only
+  after the new one is complete.
 """
 
 from __future__ import annotations
@@ -25,39 +28,55 @@ import difflib
 import hashlib
 import http.client
 import json
+import logging
 import os
 import posixpath
 import re
 import secrets
 import shutil
 import stat
+import sys
 import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from tlk_components.utils.errors import TLKError
-from tlk_components.zoo.metadata import parse_version
+from tlk_components.zoo.metadata import is_prerelease, parse_version
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "REQUIREMENT_KEYS",
     "DownloadError",
+    "DownloadResult",
+    "VersionChoice",
     "check_archive",
+    "choose_version",
     "download_bundle",
     "download_cmd",
     "extract_bundle",
+    "format_index_info",
     "index_entries",
+    "index_info",
+    "install_bundle",
+    "installed_versions",
     "list_index",
     "read_index",
+    "release_tuple",
+    "requirement_problems",
     "select_entry",
+    "version_compatible",
 ]
 
 DEFAULT_TIMEOUT = 30.0
+logger = logging.getLogger("tlk_components.zoo")
 _CHUNK = 1 << 20
 _KEY = re.compile(r"^(.+)_v(\d.*)$")
 
@@ -136,6 +155,28 @@ def _read_all(url: str, timeout: float, what: str) -> bytes:
             raise DownloadError(f"{what} {url}: the transfer was cut off ({type(e).__name__}); try again") from None
 
 
+def _copy_url(url: str, dst: IO[bytes], timeout: float, what: str, hashes: Sequence[Any] = ()) -> int:
+    """Stream ``url`` into the open file ``dst`` (feeding every hash object in ``hashes``); returns the byte count.
+
+    Raises:
+        DownloadError: missing file, unreachable or silent server (after ``timeout`` s), HTTP error, or a transfer
+            cut off; the message names ``what`` and the URL.
+    """
+    n = 0
+    with _open(url, timeout, what) as src:
+        try:
+            while block := src.read(_CHUNK):
+                for h in hashes:
+                    h.update(block)
+                dst.write(block)
+                n += len(block)
+        except TimeoutError:
+            raise DownloadError(_timeout_message(what, url, timeout)) from None
+        except (http.client.HTTPException, ConnectionError) as e:
+            raise DownloadError(f"{what} {url}: the transfer was cut off ({type(e).__name__}); try again") from None
+    return n
+
+
 # --------------------------------------------------------------------------------------------------------------
 # the index
 
@@ -182,11 +223,17 @@ def index_entries(index: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]
     return out
 
 
-def _version_key(v: str) -> tuple[int, ...]:
+_INVALID_KEY: tuple[Any, ...] = ((-1,), -1, ())
+#: Requirements recorded per version (index entry, else the zip's metadata.json): key -> how messages name it.
+REQUIREMENT_KEYS: dict[str, str] = {"monai_version": "MONAI", "pytorch_version": "torch"}
+
+
+def _version_key(v: str) -> tuple[Any, ...]:
+    """Semantic-version sort key; text that is not a version sorts below every version."""
     try:
         return parse_version(v)
     except ValueError:
-        return (-1,)
+        return _INVALID_KEY
 
 
 def _installed_monai() -> str:
@@ -195,15 +242,200 @@ def _installed_monai() -> str:
     return str(monai.__version__)
 
 
-def _release(v: str) -> tuple[int, ...]:
-    """Leading numeric part of a version (``1.6.1rc1+abc`` -> (1, 6, 1))."""
-    m = re.match(r"^\d+(\.\d+)*", str(v).strip())
-    return tuple(int(p) for p in m.group(0).split(".")) if m else ()
+def _installed_torch() -> str:
+    import torch
+
+    return str(torch.__version__)
 
 
-def _compatible(entry: dict[str, Any], monai_version: str) -> bool:
-    need = _release(entry.get("monai_version", ""))
-    return not need or need <= _release(monai_version)
+def installed_versions() -> dict[str, str]:
+    """The installed MONAI and PyTorch versions, keyed like the index: ``{"monai_version", "pytorch_version"}``."""
+    return {"monai_version": _installed_monai(), "pytorch_version": _installed_torch()}
+
+
+def release_tuple(version: str) -> tuple[int, int, int] | None:
+    """``major.minor.patch`` of a version, ignoring pre-release and local tags (``2.13.0+cpu`` -> (2, 13, 0)).
+
+    Missing parts count as 0 (``1.6`` -> (1, 6, 0)). Returns None for text that is not a version.
+    """
+    m = re.match(r"^\s*v?(\d+(?:\.\d+)*)", str(version))
+    if m is None:
+        return None
+    parts = [int(p) for p in m.group(1).split(".")][:3]
+    return (parts + [0, 0])[:3]  # type: ignore[return-value]
+
+
+def version_compatible(recorded: str, installed: str) -> bool | None:
+    """Whether a bundle recorded with ``recorded`` runs with ``installed`` (MONAI or PyTorch).
+
+    Rule: same major version and ``recorded <= installed``, compared on major.minor.patch (pre-release and local
+    tags such as ``rc1`` or ``+cpu`` ignored). A newer minor/patch installed is fine; a newer major is not.
+
+    Returns:
+        True or False; None when either version is empty or not a version (nothing to decide on).
+    """
+    need, have = release_tuple(recorded), release_tuple(installed)
+    if need is None or have is None:
+        return None
+    return need[0] == have[0] and need <= have
+
+
+def _plain(version: str) -> str:
+    """A version without its local tag, for messages (``2.13.0+cpu`` -> ``2.13.0``)."""
+    return str(version).split("+")[0].strip()
+
+
+def requirement_problems(entry: dict[str, Any], installed: dict[str, str] | None = None) -> list[str]:
+    """What ``entry`` needs that is not installed, one phrase each (``"needs MONAI 1.7.0"``).
+
+    Args:
+        entry: index entry (or metadata) with ``monai_version`` / ``pytorch_version``; a missing or unreadable
+            requirement is not a problem (nothing to check).
+        installed: ``{"monai_version": ..., "pytorch_version": ...}``; default :func:`installed_versions`.
+    """
+    installed = installed or installed_versions()
+    out = []
+    for key, label in REQUIREMENT_KEYS.items():
+        need = str(entry.get(key) or "").strip()
+        have = str(installed.get(key) or "")
+        if not need or version_compatible(need, have) is not False:
+            continue
+        need_t, have_t = release_tuple(need), release_tuple(have)
+        if need_t is not None and have_t is not None and need_t[0] != have_t[0]:
+            out.append(f"needs {label} {need}: major version {need_t[0]}, installed {_plain(have)}")
+        else:
+            out.append(f"needs {label} {need}")
+    return out
+
+
+@dataclass
+class VersionChoice:
+    """The version ``download`` takes, and why.
+
+    Attributes:
+        name: bundle name.
+        version: the chosen version.
+        entry: its index entry, with ``name``/``version`` set and requirements filled in from the zip's
+            metadata where the index lacks them.
+        message: one line for the user (``"picked 0.2.0 (newest compatible with MONAI 1.6.1, torch 2.13.0);
+            skipped 0.3.0 (needs MONAI 1.7.0)"``).
+        warnings: problems the user should know (an explicitly asked version that needs a newer MONAI).
+        skipped: newer versions passed over -> why.
+    """
+
+    name: str
+    version: str
+    entry: dict[str, Any]
+    message: str
+    warnings: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def _unknown_bundle(entries: dict[str, dict[str, dict[str, Any]]], name: str) -> DownloadError:
+    close = difflib.get_close_matches(name, list(entries), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return DownloadError(f"bundle {name!r} is not in the index; it offers {sorted(entries)}.{hint}")
+
+
+def choose_version(
+    entries: dict[str, dict[str, dict[str, Any]]],
+    name: str,
+    version: str | None = None,
+    monai_version: str | None = None,
+    pytorch_version: str | None = None,
+    requirements: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None,
+) -> VersionChoice:
+    """Pick the version to download and say why.
+
+    Without ``version``: the newest version (semantic-version order, ``0.5.10 > 0.5.9``, ``1.0.0-rc1 < 1.0.0``)
+    whose recorded ``monai_version`` and ``pytorch_version`` are compatible with the installed ones
+    (:func:`version_compatible`); a stable release is preferred over any pre-release, which is taken only when no
+    stable release is compatible. With ``version``: that version, with a warning when it is not compatible.
+
+    Args:
+        entries: output of :func:`index_entries`.
+        name: bundle name.
+        version: exact version, or None for the newest compatible one.
+        monai_version: MONAI version to be compatible with (default: the installed one).
+        pytorch_version: PyTorch version to be compatible with (default: the installed one).
+        requirements: called as ``requirements(version, entry)`` for a version whose entry lacks
+            ``monai_version`` or ``pytorch_version``; returns the missing values (``download`` reads them from the
+            verified zip's ``metadata.json``). Default: a missing requirement counts as met.
+
+    Returns:
+        :class:`VersionChoice`.
+
+    Raises:
+        DownloadError: unknown name (lists the known ones, and the closest spelling), unknown version (lists the
+            existing ones), or no compatible version (lists each version and what it needs).
+    """
+    if name not in entries:
+        raise _unknown_bundle(entries, name)
+    versions = entries[name]
+    installed = installed_versions()
+    installed["monai_version"] = monai_version or installed["monai_version"]
+    installed["pytorch_version"] = pytorch_version or installed["pytorch_version"]
+    have = f"MONAI {_plain(installed['monai_version'])}, torch {_plain(installed['pytorch_version'])}"
+    ordered = sorted(versions, key=_version_key, reverse=True)
+    filled: dict[str, dict[str, Any]] = {}
+
+    def info(v: str) -> dict[str, Any]:
+        if v not in filled:
+            entry = {**versions[v], "name": name, "version": v}
+            missing = [k for k in REQUIREMENT_KEYS if not str(entry.get(k) or "").strip()]
+            if missing and requirements is not None:
+                extra = requirements(v, entry) or {}
+                entry.update({k: str(extra[k]) for k in missing if str(extra.get(k) or "").strip()})
+            filled[v] = entry
+        return filled[v]
+
+    if version is not None:
+        version = str(version)
+        if version not in versions:
+            raise DownloadError(f"{name} has no version {version!r} in the index; existing versions: {ordered}")
+        entry = info(version)
+        problems = requirement_problems(entry, installed)
+        warns = []
+        if problems:
+            warns.append(
+                f"{name} {version} {' and '.join(problems)}, but {have} is installed: it may fail to load or run. "
+                "Upgrade, or leave out --version to get the newest compatible version."
+            )
+        note = f"; not compatible: {'; '.join(problems)}" if problems else ""
+        return VersionChoice(name, version, entry, f"picked {version} (asked for{note})", warns)
+
+    valid = [v for v in ordered if _version_key(v) != _INVALID_KEY]
+    if not valid:
+        raise DownloadError(f"{name}: no entry has a valid version ({ordered}); re-publish it with `tlk package`")
+    stable = [v for v in valid if not is_prerelease(v)]
+    pre = [v for v in valid if is_prerelease(v)]
+    reasons: dict[str, str] = {}
+    pick = None
+    for v in [*stable, *pre]:
+        problems = requirement_problems(info(v), installed)
+        if not problems:
+            pick = v
+            break
+        reasons[v] = "; ".join(problems)
+    if pick is None:
+        needs = "; ".join(f"{v} ({reasons[v]})" for v in [*stable, *pre])
+        raise DownloadError(
+            f"no version of {name} works with the installed {have}: {needs}. Upgrade MONAI/PyTorch, or pass "
+            "--version VERSION to take one anyway"
+        )
+    pick_key = _version_key(pick)
+    skipped = {}
+    for v in valid:  # newest first: only versions newer than the pick were passed over
+        if _version_key(v) <= pick_key:
+            break
+        skipped[v] = reasons.get(v) or f"pre-release; pass --version {v} to take it"
+    why = f"newest compatible with {have}"
+    if is_prerelease(pick):
+        why += "; no compatible stable release, so a pre-release"
+    message = f"picked {pick} ({why})"
+    if skipped:
+        message += "; skipped " + ", ".join(f"{v} ({r})" for v, r in skipped.items())
+    return VersionChoice(name, pick, info(pick), message, [], skipped)
 
 
 def select_entry(
@@ -211,65 +443,104 @@ def select_entry(
     name: str,
     version: str | None = None,
     monai_version: str | None = None,
+    pytorch_version: str | None = None,
 ) -> dict[str, Any]:
-    """Pick the entry to download: ``version`` when given, else the newest compatible with ``monai_version``.
-
-    Args:
-        entries: output of :func:`index_entries`.
-        name: bundle name.
-        version: exact version, or None for the newest compatible one (numeric ordering: 0.5.10 > 0.5.9).
-        monai_version: MONAI version to be compatible with (default: the installed one).
+    """The index entry :func:`choose_version` picks (with ``name`` and ``version`` set); see there.
 
     Raises:
-        DownloadError: unknown name (lists the known ones, and the closest spelling), unknown version (lists the
-            existing ones), or no version compatible with this MONAI.
+        DownloadError: unknown name or version, or no compatible version.
     """
-    if name not in entries:
-        close = difflib.get_close_matches(name, list(entries), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise DownloadError(f"bundle {name!r} is not in the index; it offers {sorted(entries)}.{hint}")
-    versions = entries[name]
-    ordered = sorted(versions, key=_version_key, reverse=True)
-    if version is not None:
-        version = str(version)
-        if version not in versions:
-            raise DownloadError(f"{name} has no version {version!r} in the index; existing versions: {ordered}")
-        return {"name": name, "version": version, **versions[version]}
-    monai_version = monai_version or _installed_monai()
-    for v in ordered:
-        if _version_key(v) != (-1,) and _compatible(versions[v], monai_version):
-            return {"name": name, "version": v, **versions[v]}
-    needs = ", ".join(f"{v} (MONAI {versions[v].get('monai_version', '?')})" for v in ordered)
-    raise DownloadError(
-        f"no version of {name} works with the installed MONAI {monai_version}: {needs}; upgrade MONAI or pass "
-        "--version to take one anyway"
-    )
+    return choose_version(entries, name, version, monai_version, pytorch_version).entry
+
+
+def index_info(index: str | os.PathLike, timeout: float = DEFAULT_TIMEOUT) -> list[dict[str, Any]]:
+    """One row per bundle version an index offers: bundles by name, versions newest first.
+
+    Args:
+        index: URL (``http(s)://``, ``file://``) or path of a ``model_info.json`` (or of its folder).
+        timeout: seconds to wait for a server (default 30).
+
+    Returns:
+        Dicts with ``name, version, monai_version, pytorch_version`` (``""`` when not recorded), ``untrained``
+        (bool, None when the index does not say), ``prerelease``, ``compatible`` (with the installed MONAI and
+        PyTorch; None when nothing is recorded to decide on), ``default`` (what ``download`` without --version
+        picks), ``sha256``, ``weights_sha256``, ``source`` (absolute URL) and ``index`` (the index URL).
+
+    Raises:
+        DownloadError: the index cannot be read (see :func:`read_index`).
+    """
+    data, url = read_index(index, timeout)
+    return _index_rows(data, url)
+
+
+def _index_rows(data: dict[str, Any], url: str) -> list[dict[str, Any]]:
+    entries = index_entries(data)
+    installed = installed_versions()
+    rows = []
+    for name in sorted(entries):
+        try:
+            pick = choose_version(entries, name).version
+        except DownloadError:
+            pick = None
+        for v in sorted(entries[name], key=_version_key, reverse=True):
+            e = entries[name][v]
+            recorded = {k: str(e.get(k) or "") for k in REQUIREMENT_KEYS}
+            verdicts = [version_compatible(recorded[k], installed[k]) for k in REQUIREMENT_KEYS if recorded[k]]
+            untrained = e.get("untrained")
+            rows.append(
+                {
+                    "name": name,
+                    "version": v,
+                    **recorded,
+                    "untrained": untrained if isinstance(untrained, bool) else None,
+                    "prerelease": _version_key(v) != _INVALID_KEY and is_prerelease(v),
+                    "compatible": None if not verdicts or None in verdicts else all(verdicts),
+                    "default": v == pick,
+                    "sha256": str(e.get("sha256") or ""),
+                    "weights_sha256": e.get("weights_sha256"),
+                    "source": urllib.parse.urljoin(url, str(e.get("source") or "")),
+                    "index": url,
+                }
+            )
+    return rows
+
+
+def format_index_info(rows: list[dict[str, Any]], url: str) -> str:
+    """Text of :func:`index_info` rows: one line per bundle, versions newest first, ``*`` on the default pick."""
+    if not rows:
+        return f"index {url} lists no bundles"
+    inst = installed_versions()
+    lines = [
+        f"index {url} (installed MONAI {_plain(inst['monai_version'])}, torch {_plain(inst['pytorch_version'])}; "
+        "* = what `download` picks)"
+    ]
+    by_name: dict[str, list[str]] = {}
+    for r in rows:
+        notes = [f"MONAI {r['monai_version'] or '?'}", f"torch {r['pytorch_version'] or '?'}"]
+        if r["untrained"]:
+            notes.append("untrained")
+        if r["compatible"] is False:
+            notes.append("incompatible")
+        by_name.setdefault(r["name"], []).append(f"{r['version']}{'*' if r['default'] else ''} ({', '.join(notes)})")
+    lines += [f"{name:40s} {', '.join(parts)}" for name, parts in by_name.items()]
+    return "\n".join(lines)
 
 
 def list_index(index: str | os.PathLike, timeout: float = DEFAULT_TIMEOUT) -> str:
     """The bundles and versions an index offers, newest first; ``*`` marks the version ``download`` would pick.
 
+    Each version shows the MONAI and PyTorch versions it was released with, and ``untrained`` /
+    ``incompatible`` where that applies.
+
     Args:
         index: URL (``http(s)://``, ``file://``) or path of a ``model_info.json`` (or of its folder).
         timeout: seconds to wait for a server (default 30).
+
+    Raises:
+        DownloadError: the index cannot be read (see :func:`read_index`).
     """
     data, url = read_index(index, timeout)
-    entries = index_entries(data)
-    if not entries:
-        return f"index {url} lists no bundles"
-    monai_version = _installed_monai()
-    lines = [f"index {url} (installed MONAI {monai_version}; * = what `download` picks)"]
-    for name in sorted(entries):
-        try:
-            pick = select_entry(entries, name, monai_version=monai_version)["version"]
-        except DownloadError:
-            pick = None
-        parts = []
-        for v in sorted(entries[name], key=_version_key, reverse=True):
-            need = entries[name][v].get("monai_version", "?")
-            parts.append(f"{v}{'*' if v == pick else ''} (MONAI {need})")
-        lines.append(f"{name:40s} {', '.join(parts)}")
-    return "\n".join(lines)
+    return format_index_info(_index_rows(data, url), url)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -347,6 +618,7 @@ def extract_bundle(
     name: str,
     expected_version: str | None = None,
     label: str | None = None,
+    prepare: Callable[[Path], object] | None = None,
 ) -> Path:
     """Extract a bundle zip into ``dir/name`` atomically (checks first; temp folder in ``dir``, then rename).
 
@@ -356,13 +628,15 @@ def extract_bundle(
         name: bundle name = the archive's top folder.
         expected_version: when given, ``configs/metadata.json``'s version must equal it.
         label: how the archive is named in messages (default: its path).
+        prepare: called with the extracted bundle folder (still in the temporary folder) before it is renamed
+            into place, e.g. to fetch its large files; an exception aborts the install.
 
     Returns:
         ``dir/name``.
 
     Raises:
         DownloadError: not a zip / truncated / damaged, unsafe members, or not the expected bundle. The previous
-            ``dir/name`` (if any) is left as it was.
+            ``dir/name`` (if any) is left as it was (also when ``prepare`` raises).
     """
     dir_ = Path(dir)
     dir_.mkdir(parents=True, exist_ok=True)
@@ -392,6 +666,8 @@ def extract_bundle(
                     f"archive {label}: metadata.json says version {got!r} but the index says {expected_version!r}; "
                     "the index is inconsistent, re-publish with `tlk package`"
                 )
+        if prepare is not None:
+            prepare(tmp / name)
         old = None
         if final.exists() or final.is_symlink():
             old = dir_ / f".{name}.old-{os.getpid()}-{secrets.token_hex(4)}"
@@ -431,18 +707,7 @@ def _fetch_verified(url: str, dest_dir: Path, timeout: float, label: str) -> tup
     else:
         f = tempfile.TemporaryFile(dir=dest_dir)  # noqa: SIM115 - returned to the caller
         try:
-            with _open(url, timeout, f"archive of {label}") as src:
-                while block := src.read(_CHUNK):
-                    h.update(block)
-                    f.write(block)
-        except TimeoutError:
-            f.close()
-            raise DownloadError(_timeout_message(f"archive of {label}", url, timeout)) from None
-        except (http.client.HTTPException, ConnectionError) as e:
-            f.close()
-            raise DownloadError(
-                f"archive of {label} {url}: the transfer was cut off ({type(e).__name__}); try again"
-            ) from None
+            _copy_url(url, f, timeout, f"archive of {label}", hashes=[h])
         except BaseException:
             f.close()
             raise
@@ -450,31 +715,8 @@ def _fetch_verified(url: str, dest_dir: Path, timeout: float, label: str) -> tup
     return f, h.hexdigest()
 
 
-def download_bundle(
-    name: str,
-    index: str | os.PathLike,
-    dir: str | os.PathLike,
-    version: str | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
-) -> Path:
-    """Download bundle ``name`` listed in ``index`` into ``dir/name``: verify sha256, then extract atomically.
-
-    Args:
-        name: bundle name (as in the index).
-        index: URL (``http(s)://``, ``file://``) or path of the index (or of its folder).
-        dir: parent folder for the bundle (created); an existing ``dir/name`` is replaced only after success.
-        version: exact version; default the newest compatible with the installed MONAI (numeric ordering).
-        timeout: seconds to wait for a server to answer (default 30).
-
-    Returns:
-        The bundle folder ``dir/name``, ready for ``python -m monai.bundle run`` from any directory.
-
-    Raises:
-        DownloadError: unknown name/version (lists what exists), unreachable/silent server, index not JSON,
-            entry without sha256, checksum mismatch (nothing extracted), damaged or unsafe archive.
-    """
-    data, index_url = read_index(index, timeout)
-    entry = select_entry(index_entries(data), str(name), None if version is None else str(version))
+def _entry_url(entry: dict[str, Any], index_url: str) -> tuple[str, str]:
+    """The archive URL and the expected sha256 of an index entry (refused when it has no valid sha256)."""
     label = f"{entry['name']} {entry['version']}"
     expected = str(entry.get("sha256") or "").lower()
     if not re.fullmatch(r"[0-9a-f]{64}", expected):
@@ -484,34 +726,195 @@ def download_bundle(
         )
     source = entry.get("source")
     if not source:
-        raise DownloadError(f"index entry {label} has no 'source' URL")
-    url = urllib.parse.urljoin(index_url, str(source))
+        raise DownloadError(f"index entry {label} has no 'source' URL; re-publish it with `tlk package`")
+    return urllib.parse.urljoin(index_url, str(source)), expected
+
+
+def _zip_requirements(f: IO[bytes], name: str) -> dict[str, Any]:
+    """``monai_version``/``pytorch_version`` from ``<name>/configs/metadata.json`` in an open zip ({} if unreadable).
+
+    An unreadable archive is not reported here: extraction reports it with the full reason.
+    """
+    try:
+        with zipfile.ZipFile(f) as zf:
+            meta = json.loads(zf.read(f"{name}/configs/metadata.json").decode("utf-8"))
+    except (KeyError, zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError):
+        return {}
+    finally:
+        f.seek(0)
+    return {k: meta.get(k) for k in REQUIREMENT_KEYS} if isinstance(meta, dict) else {}
+
+
+@dataclass
+class DownloadResult:
+    """What :func:`install_bundle` did.
+
+    Attributes:
+        path: the bundle folder ``dir/name``.
+        name: bundle name.
+        version: the version installed.
+        message: which version was picked and why (see :class:`VersionChoice`).
+        warnings: e.g. an explicitly asked version that is not compatible with the installed MONAI/PyTorch.
+        large_files: the files fetched from the bundle's ``large_files.yml`` (absolute paths in ``path``).
+    """
+
+    path: Path
+    name: str
+    version: str
+    message: str
+    warnings: list[str] = field(default_factory=list)
+    large_files: list[Path] = field(default_factory=list)
+
+
+def install_bundle(
+    name: str,
+    index: str | os.PathLike,
+    dir: str | os.PathLike,
+    version: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    allow_unverified: bool = False,
+) -> DownloadResult:
+    """Download bundle ``name`` listed in ``index`` into ``dir/name`` and report which version and why.
+
+    Steps: pick the version (:func:`choose_version`; requirements missing from the index are read from the
+    verified zip's ``metadata.json``), check the zip's sha256 **before** extracting anything, check the archive's
+    member names, extract into a temporary folder in ``dir``, fetch the files its ``large_files.yml`` lists into
+    that folder (hash-checked, see :func:`~tlk_components.zoo.large_files.fetch_large_files`), and only then
+    rename it into place. Any failure leaves an existing ``dir/name`` as it was.
+
+    Args:
+        name: bundle name (as in the index).
+        index: URL (``http(s)://``, ``file://``) or path of the index (or of its folder).
+        dir: parent folder for the bundle (created); an existing ``dir/name`` is replaced only after success.
+        version: exact version (a warning when it is incompatible); default the newest version compatible with
+            the installed MONAI and PyTorch, stable releases before pre-releases.
+        timeout: seconds to wait for a server to answer (default 30).
+        allow_unverified: also fetch ``large_files.yml`` entries that have no ``hash_val`` (default: refused).
+
+    Returns:
+        :class:`DownloadResult`.
+
+    Raises:
+        DownloadError: unknown name/version (lists what exists), no compatible version (lists what each needs),
+            unreachable/silent server, index not JSON, entry without sha256, checksum mismatch (nothing
+            extracted), damaged or unsafe archive, bad ``large_files.yml`` or a large file whose hash differs.
+    """
+    from tlk_components.zoo.large_files import fetch_large_files  # noqa: PLC0415 - large_files imports this module
+
+    data, index_url = read_index(index, timeout)
+    entries = index_entries(data)
     dest = Path(dir)
-    dest.mkdir(parents=True, exist_ok=True)
-    f, digest = _fetch_verified(url, dest, timeout, label)
-    with f:
-        if digest != expected:
-            raise DownloadError(
-                f"sha256 of {url} is {digest}, but the index says {expected}: the file is corrupt or was replaced. "
-                f"Nothing was extracted{' and the existing copy was kept' if (dest / entry['name']).exists() else ''}."
-            )
-        return extract_bundle(f, dest, entry["name"], expected_version=entry["version"], label=url)
+    fetched: dict[str, tuple[IO[bytes], str]] = {}
+    with contextlib.ExitStack() as stack:
+
+        def fetch(entry: dict[str, Any]) -> tuple[IO[bytes], str]:
+            v = entry["version"]
+            if v not in fetched:
+                url, expected = _entry_url(entry, index_url)
+                dest.mkdir(parents=True, exist_ok=True)
+                f, digest = _fetch_verified(url, dest, timeout, f"{entry['name']} {v}")
+                stack.enter_context(f)
+                if digest != expected:
+                    kept = " and the existing copy was kept" if (dest / entry["name"]).exists() else ""
+                    raise DownloadError(
+                        f"sha256 of {url} is {digest}, but the index says {expected}: the file is corrupt or was "
+                        f"replaced. Nothing was extracted{kept}."
+                    )
+                fetched[v] = (f, url)
+            return fetched[v]
+
+        def requirements(v: str, entry: dict[str, Any]) -> dict[str, Any]:
+            return _zip_requirements(fetch(entry)[0], entry["name"])
+
+        choice = choose_version(
+            entries, str(name), None if version is None else str(version), requirements=requirements
+        )
+        f, url = fetch(choice.entry)
+        f.seek(0)
+        fetched_large: list[Path] = []  # relative to the bundle folder
+
+        def prepare(folder: Path) -> None:
+            got = fetch_large_files(folder, timeout=timeout, allow_unverified=allow_unverified)
+            fetched_large.extend(p.relative_to(folder) for p in got)
+
+        path = extract_bundle(f, dest, choice.name, expected_version=choice.version, label=url, prepare=prepare)
+    return DownloadResult(
+        path=path,
+        name=choice.name,
+        version=choice.version,
+        message=choice.message,
+        warnings=list(choice.warnings),
+        large_files=[path / rel for rel in fetched_large],
+    )
 
 
-def download_cmd(name: str, index: str, dir: str, version: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> str:
+def download_bundle(
+    name: str,
+    index: str | os.PathLike,
+    dir: str | os.PathLike,
+    version: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    allow_unverified: bool = False,
+) -> Path:
+    """Download bundle ``name`` listed in ``index`` into ``dir/name``: verify sha256, then extract atomically.
+
+    :func:`install_bundle` returning only the folder; which version was picked and why is logged (logger
+    ``tlk_components.zoo``), and an incompatible explicit ``version`` gives a ``UserWarning``.
+
+    Args:
+        name: bundle name (as in the index).
+        index: URL (``http(s)://``, ``file://``) or path of the index (or of its folder).
+        dir: parent folder for the bundle (created); an existing ``dir/name`` is replaced only after success.
+        version: exact version; default the newest compatible with the installed MONAI and PyTorch.
+        timeout: seconds to wait for a server to answer (default 30).
+        allow_unverified: also fetch ``large_files.yml`` entries without ``hash_val`` (default: refused).
+
+    Returns:
+        The bundle folder ``dir/name``, ready for ``python -m monai.bundle run`` from any directory.
+
+    Raises:
+        DownloadError: see :func:`install_bundle`.
+    """
+    result = install_bundle(name, index, dir, version=version, timeout=timeout, allow_unverified=allow_unverified)
+    logger.info("%s: %s", result.name, result.message)
+    for w in result.warnings:
+        warnings.warn(w, UserWarning, stacklevel=2)
+    return result.path
+
+
+def download_cmd(
+    name: str,
+    index: str,
+    dir: str,
+    version: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    allow_unverified: bool = False,
+) -> str:
     """Download bundle NAME from the zoo index INDEX into DIR/NAME (sha256-verified, extracted atomically).
 
     Args:
         name: bundle name (``tlk list --index INDEX`` shows them).
         index: http(s)://, file:// URL or plain path of model_info.json (or its folder).
         dir: parent folder of the bundle.
-        version: exact version (quote it: --version 0.1.0); default the newest compatible with the installed MONAI.
+        version: exact version (quote it: --version 0.1.0); default the newest compatible with the installed
+            MONAI and PyTorch (stable releases first).
         timeout: seconds to wait for a server (default 30).
+        allow_unverified: also fetch large_files.yml entries that have no hash_val.
     """
-    path = download_bundle(name, index, dir, version=None if version is None else str(version), timeout=float(timeout))
-    meta = json.loads((path / "configs" / "metadata.json").read_text(encoding="utf-8"))
-    return (
-        f"downloaded {name} {meta.get('version')} (sha256 verified) into {path}\n"
-        f"run it: python -m monai.bundle run --config_file {path / 'configs' / 'inference.json'} "
+    r = install_bundle(
+        name,
+        index,
+        dir,
+        version=None if version is None else str(version),
+        timeout=float(timeout),
+        allow_unverified=bool(allow_unverified),
+    )
+    for w in r.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    lines = [f"downloaded {r.name} {r.version} (sha256 verified) into {r.path}", f"  {r.message}"]
+    lines += [f"  fetched {p.relative_to(r.path)} (large_files.yml, hash verified)" for p in r.large_files]
+    lines.append(
+        f"run it: python -m monai.bundle run --config_file {r.path / 'configs' / 'inference.json'} "
         "--input_dir DIR --output_dir OUT"
     )
+    return "\n".join(lines)

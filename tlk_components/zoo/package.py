@@ -13,8 +13,17 @@ Index entry (MONAI's ``model_info.json`` keys ``source``/``checksum`` kept, with
         "name": "mnist_mlp_classification", "version": "0.1.0",
         "sha256": "<hex digest of the zip>", "checksum": "<same>", "hash_type": "sha256",
         "source": "file:///.../mnist_mlp_classification_v0.1.0.zip",  (or <base_url>/<zip name>)
-        "size": 12345, "monai_version": "1.6.1", "pytorch_version": "2.13.0"
+        "size": 12345, "monai_version": "1.6.1", "pytorch_version": "2.13.0",
+        "untrained": false, "weights_sha256": "<hex digest of models/model.pt>",
+        "weights": {"models/model.pt": "<same>"}
     }
+
+Weights are first-class: a bundle without its trained weights (``models/model.pt``, or ``models/model_<name>.pt``
+for each ``network_def_<name>`` of a multi-network bundle) is refused unless ``allow_untrained=True``
+(``--allow-untrained``), and then its entry says ``"untrained": true`` (``weights_sha256`` null; ``weights`` lists
+the weight files that are there). A weight file may instead be listed in ``large_files.yml`` with a ``hash_val``
+(the zip then stays small and ``download`` fetches it; ``weights`` records that hash). A ``large_files.yml`` must
+parse, and a listed file that is present must match its ``hash_val``.
 
 Determinism: entries sorted by path, fixed timestamp (1980-01-01 00:00:00), fixed permissions (0644 files, 0755
 folders), Unix "created by" system, DEFLATE at a fixed level, no extra fields — the same inputs give the same
@@ -40,6 +49,7 @@ from typing import Any
 
 from tlk_components.utils.errors import TLKError
 from tlk_components.utils.io import atomic_write_json
+from tlk_components.zoo.large_files import LargeFilesError, check_large_files, read_large_files
 from tlk_components.zoo.registry import find_bundle
 from tlk_components.zoo.verify import STATIC_CHECKS, verify_bundle
 
@@ -52,6 +62,7 @@ __all__ = [
     "package_bundle",
     "package_cmd",
     "sha256_file",
+    "weight_files",
     "write_bundle_zip",
 ]
 
@@ -97,6 +108,29 @@ def bundle_files(bundle_dir: str | os.PathLike) -> list[Path]:
             if p.is_file():
                 out.append(p.relative_to(root))
     return sorted(out, key=lambda p: p.as_posix())
+
+
+def weight_files(bundle_dir: str | os.PathLike) -> dict[str, str]:
+    """The trained-weight files a bundle needs: network id -> path relative to the bundle.
+
+    ``network_def`` -> ``models/model.pt``; each ``network_def_<name>`` of a multi-network bundle ->
+    ``models/model_<name>.pt`` (the convention ``verify`` uses). Read from ``configs/inference.json``; when that
+    file is missing or not JSON, ``{"network_def": "models/model.pt"}``.
+    """
+    try:
+        config = json.loads((Path(bundle_dir) / "configs" / "inference.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        config = {}
+    ids = (
+        sorted(k for k in config if k == "network_def" or k.startswith("network_def_"))
+        if isinstance(config, dict)
+        else []
+    )
+    return {i: f"models/model{i[len('network_def') :]}.pt" for i in ids or ["network_def"]}
+
+
+def _sha256_or_none(digest: str | None) -> str | None:
+    return digest if digest is not None and len(digest) == 64 and ":" not in digest else None
 
 
 def _zip_info(name: str, is_dir: bool = False) -> zipfile.ZipInfo:
@@ -178,6 +212,7 @@ def package_bundle(
     out_dir: str | os.PathLike,
     base_url: str | None = None,
     full_verify: bool = False,
+    allow_untrained: bool = False,
 ) -> dict[str, Any]:
     """Package ``bundle`` into ``out_dir/<name>_v<version>.zip`` and record it in ``out_dir/model_info.json``.
 
@@ -192,19 +227,48 @@ def package_bundle(
             source relative to the index, so the folder can be moved to any server as is.
         full_verify: also build the network and check TorchScript export (default: file checks only:
             metadata schema, required files, config keys, overrides, portability, README figures).
+        allow_untrained: package a bundle without trained weights (a config-only release, recorded as
+            ``"untrained": true``); default: refused.
 
     Returns:
-        The index entry written (``name, version, sha256, source, size, monai_version, pytorch_version``,
-        plus ``zip``: the local path).
+        The index entry written (``name, version, sha256, source, size, monai_version, pytorch_version,
+        untrained, weights_sha256, weights``, plus ``zip``: the local path).
 
     Raises:
-        PackageError: verification failed (lists the fixes), or the version was released with other contents.
+        PackageError: verification failed (lists the fixes), no trained weights (says how to train, or to pass
+            ``--allow-untrained``), a bad ``large_files.yml`` or a large file not matching its hash, or the
+            version was released with other contents.
         ConfigError: unknown bundle (lists the known ones).
     """
     path = find_bundle(bundle)
     report = verify_bundle(path, checks=None if full_verify else STATIC_CHECKS)
-    if not report.ok:
-        raise PackageError(f"refusing to package {path.name}: verification failed\n{report.summary()}")
+    problems = [] if report.ok else [f"verification failed\n{report.summary()}"]
+    problems += check_large_files(path, require_present=False)  # each line names the list file or the path
+    weights = weight_files(path)
+    try:
+        listed = {lf.path: lf for lf in read_large_files(path) if lf.hash_val is not None}
+    except LargeFilesError:
+        listed = {}  # reported above
+    digests: dict[str, str] = {}
+    missing = []
+    for rel in weights.values():
+        if (path / rel).is_file():
+            digests[rel] = sha256_file(path / rel)
+        elif rel in listed:  # fetched from large_files.yml (hash-checked) when the release is downloaded
+            lf = listed[rel]
+            digests[rel] = lf.hash_val if lf.hash_type == "sha256" else f"{lf.hash_type}:{lf.hash_val}"
+        else:
+            missing.append(rel)
+    if missing and not allow_untrained:
+        problems.append(
+            f"no trained weights: {', '.join(str(path / rel) for rel in missing)} missing (and not in "
+            f"large_files.yml with a hash_val). Train it first (python -m monai.bundle run --config_file "
+            f"{path / 'configs' / 'train.json'}; its docs/README.md says which data), or pass --allow-untrained "
+            "(allow_untrained=True) for a config-only release"
+        )
+    if problems:
+        raise PackageError(f"refusing to package {path.name}: " + "\n".join(problems))
+    untrained = bool(missing)
     meta = json.loads((path / "configs" / "metadata.json").read_text(encoding="utf-8"))
     name, version = path.name, meta["version"]
     key = f"{name}_v{version}"
@@ -244,6 +308,9 @@ def package_bundle(
                 "size": zip_path.stat().st_size,
                 "monai_version": str(meta.get("monai_version", "")),
                 "pytorch_version": str(meta.get("pytorch_version", "")),
+                "untrained": untrained,
+                "weights_sha256": None if untrained else _sha256_or_none(digests.get("models/model.pt")),
+                "weights": digests,
             }
             index[key] = entry
             atomic_write_json(index_path, dict(sorted(index.items())))
@@ -253,7 +320,13 @@ def package_bundle(
     return {**entry, "zip": str(zip_path)}
 
 
-def package_cmd(bundle: str, out: str, base_url: str | None = None, full_verify: bool = False) -> str:
+def package_cmd(
+    bundle: str,
+    out: str,
+    base_url: str | None = None,
+    full_verify: bool = False,
+    allow_untrained: bool = False,
+) -> str:
     """Package BUNDLE into OUT/<name>_v<version>.zip and add it to OUT/model_info.json.
 
     Args:
@@ -261,6 +334,10 @@ def package_cmd(bundle: str, out: str, base_url: str | None = None, full_verify:
         out: release folder (created); serve it from any static server to share the bundles.
         base_url: where OUT will be served (``https://host/zoo``); default the file:// URL of the zip.
         full_verify: also build and export the network before packaging.
+        allow_untrained: release a bundle without trained weights (config only; recorded as untrained).
     """
-    e = package_bundle(bundle, out, base_url=base_url, full_verify=full_verify)
-    return f"packaged {e['name']} {e['version']} -> {e['zip']}\n  sha256 {e['sha256']}\n  source {e['source']}"
+    e = package_bundle(
+        bundle, out, base_url=base_url, full_verify=bool(full_verify), allow_untrained=bool(allow_untrained)
+    )
+    weights = "untrained (no weights)" if e["untrained"] else f"weights sha256 {e['weights_sha256'] or e['weights']}"
+    return f"packaged {e['name']} {e['version']} -> {e['zip']}\n  sha256 {e['sha256']}\n  {weights}\n  source {e['source']}"

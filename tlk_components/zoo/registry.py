@@ -87,13 +87,43 @@ def _config_file_from_argv(argv: list[str]) -> str | None:
     return None
 
 
-def infer_bundle_root(default: str = ".") -> str:
-    """Guess the bundle root from ``--config_file`` on the command line (``<root>/configs/x.json`` -> ``<root>``).
+def _config_root_from_stack() -> Path | None:
+    """The folder of the config being parsed, when a MONAI ``ConfigWorkflow`` is on the call stack.
 
-    Lets ``python -m monai.bundle run --config_file /any/where/bundle/configs/train.json`` work from any working
-    directory without ``--bundle_root``. Lists (``"['a.json','b.json']"``) use their first file. Falls back to
-    ``default`` when the command line names no config file (e.g. the Python API; pass ``bundle_root`` there).
+    ``monai.bundle.load``/``create_workflow`` build a ``ConfigWorkflow`` from ``<bundle>/configs/<x>.json`` without
+    any command line; the workflow knows its ``config_root_path``.
     """
+    import inspect
+
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            owner = frame.f_locals.get("self")
+            if owner is not None and type(owner).__name__.endswith("Workflow"):
+                # instance dict, not getattr: a workflow's __getattr__ resolves unknown names as config properties
+                root = getattr(owner, "__dict__", {}).get("config_root_path")
+                if isinstance(root, Path):
+                    return root
+            frame = frame.f_back
+    finally:
+        del frame
+    return None
+
+
+def infer_bundle_root(default: str = ".") -> str:
+    """Guess the bundle root from the config being run (``<root>/configs/x.json`` -> ``<root>``).
+
+    Lets ``python -m monai.bundle run --config_file /any/where/bundle/configs/train.json`` and
+    ``monai.bundle.load``/``create_workflow`` work from any working directory without ``bundle_root``, and keeps
+    everything a bundle writes (demo data, outputs) inside the bundle instead of the caller's working directory.
+    Sources, in order: a MONAI ``ConfigWorkflow`` on the call stack (its ``config_root_path``), then
+    ``--config_file`` on the command line (lists ``"['a.json','b.json']"`` use their first file). Falls back to
+    ``default`` when neither names a config (e.g. a bare ``ConfigParser``; pass ``bundle_root`` there).
+    """
+    from_stack = _config_root_from_stack()
+    if from_stack is not None:
+        cfg_dir = from_stack.resolve()
+        return str(cfg_dir.parent if cfg_dir.name == "configs" else cfg_dir)
     value = _config_file_from_argv(sys.argv)
     if not value:
         return default

@@ -15,9 +15,17 @@ Checks (each named in the report; a failed check lists what to fix):
 * ``readme_metrics`` — every ``eval_metrics`` key has a ``| <key> | <value> |`` row under ``## Performance`` in
   docs/README.md with the same value.
 * ``net_in_out`` — MONAI's ``verify_net_in_out`` on ``inference.json`` (fake input from ``network_data_format``).
-* ``torchscript`` — MONAI's ``ckpt_export`` (weights from ``models/model.pt``, else a random initialisation saved to
-  a temporary file), reloaded with ``torch.jit.load`` and compared with the eager network on the same input;
-  a shipped ``models/model.ts`` is compared too. Scripting is tried first, tracing second.
+* ``torchscript`` — MONAI's ``ckpt_export`` by scripting, as the zoo's CI does (weights from ``models/model.pt``,
+  else a random initialisation saved to a temporary file), reloaded with ``torch.jit.load`` and compared with the
+  eager network on the same input; a shipped ``models/model.ts`` is compared too.
+* ``zoo_layout`` — the MONAI Model Zoo CI's directory check (``configs/metadata.json``, ``LICENSE``; preferred
+  ``models/model.pt`` and ``configs/inference.json``) and ``docs/data_license.txt``.
+* ``json_format`` — configs as the zoo's pre-commit ``pretty-format-json --indent=4 --no-sort-keys`` writes them.
+* ``weights`` — which weights the network checks load (``models/model.pt`` and its sha256, or a random
+  initialisation, said as a warning), and the files ``large_files.yml`` lists (present, hash as recorded).
+* ``properties`` — MONAI's ``ConfigWorkflow(workflow_type="train"|"infer").check_properties()`` on
+  ``train.json`` and ``inference.json`` after ``initialize()``, on the bundle's tiny demo dataset written to a
+  temporary folder (what MONAI Label, Deploy and FL rely on).
 
 The network checks run for ``network_def`` and for each ``network_def_<name>`` of a multi-network bundle (weights
 ``models/model_<name>.pt``, TorchScript ``models/model_<name>.ts``).
@@ -106,9 +114,28 @@ INFERENCE_KEYS: tuple[str | tuple[str, ...], ...] = (
 )
 
 #: Checks that read files only (fast; ``package`` runs these).
-STATIC_CHECKS: tuple[str, ...] = ("metadata", "files", "config_keys", "overrides", "portable", "readme_metrics")
-#: All checks, in report order.
-ALL_CHECKS: tuple[str, ...] = (*STATIC_CHECKS, "net_in_out", "torchscript")
+STATIC_CHECKS: tuple[str, ...] = (
+    "metadata",
+    "files",
+    "zoo_layout",
+    "json_format",
+    "config_keys",
+    "overrides",
+    "portable",
+    "readme_metrics",
+    "weights",
+)
+#: All checks, in report order: the static ones, then those that build the networks and the workflows.
+ALL_CHECKS: tuple[str, ...] = (*STATIC_CHECKS, "net_in_out", "torchscript", "properties")
+
+#: What the MONAI Model Zoo's ``ci/verify_bundle.py`` requires (``necessary_files_list``) and prefers
+#: (``models/model.pt``, ``configs/inference.json``; a missing preferred file is a warning there and here).
+ZOO_NECESSARY_FILES: tuple[str, ...] = ("configs/metadata.json", "LICENSE")
+ZOO_PREFERRED_FILES: tuple[str, ...] = ("models/model.pt", "configs/inference.json")
+#: Third-party data licence file of every bundle (the zoo asks for it when the data has licence conditions).
+DATA_LICENSE = "docs/data_license.txt"
+#: MONAI workflow types and the config each is checked on (``ConfigWorkflow.check_properties``).
+WORKFLOW_CONFIGS: tuple[tuple[str, str], ...] = (("train", "configs/train.json"), ("infer", "configs/inference.json"))
 
 _OVERRIDE_FILES = ("evaluate.json", "multi_gpu_train.json")
 #: What multi_gpu_train.json must contain (any of the spellings): process group, DDP wrapper, data sharding.
@@ -355,7 +382,11 @@ def _quiet() -> Any:
     level = logging.root.manager.disable
     logging.disable(logging.INFO)
     try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        with (
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+            warnings.catch_warnings(),
+        ):
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -607,31 +638,24 @@ def _export_and_compare(
         atomic_torch_save(net.state_dict(), ckpt)
     net.eval()
     ts_path = tmp / f"{net_id}.ts"
-    errors, method = [], ""
-    for use_trace in (False, True):
-        try:
-            with _quiet():
-                ckpt_export(
-                    net_id=net_id,
-                    filepath=str(ts_path),
-                    ckpt_file=str(ckpt),
-                    meta_file=str(meta_p),
-                    config_file=str(inf_p),
-                    use_trace=use_trace,
-                    input_shape=list(x.shape) if use_trace else None,
-                    converter_kwargs={"strict": False} if use_trace else {},
-                    bundle_root=str(path),
-                )
-            method = "traced" if use_trace else "scripted"
-            break
-        except Exception as e:  # noqa: BLE001
-            errors.append(f"{'trace' if use_trace else 'script'}: {_short(e)}")
-    if not method:
+    try:
+        with _quiet():
+            ckpt_export(  # scripting, as the MONAI Model Zoo's CI exports (no tracing fallback)
+                net_id=net_id,
+                filepath=str(ts_path),
+                ckpt_file=str(ckpt),
+                meta_file=str(meta_p),
+                config_file=str(inf_p),
+                use_trace=False,
+                bundle_root=str(path),
+            )
+    except Exception as e:  # noqa: BLE001
         res.problems.append(
-            f"ckpt_export({net_id}) failed ({'; '.join(errors)}); make the network scriptable, or traceable "
-            "(outputs: tensors, tuples of tensors, or dicts of those)"
+            f"ckpt_export({net_id}) by scripting failed ({_short(e)}); the MONAI Model Zoo exports with "
+            "torch.jit.script: use TorchScript-compatible code and annotations in the network's forward"
         )
         return None
+    method = "scripted"
     tol = 1e-4
     try:
         ts = torch.jit.load(str(ts_path), map_location="cpu")
@@ -681,6 +705,217 @@ def _check_torchscript(path: Path, res: CheckResult, device: str) -> None:
     res.detail = "; ".join(d for d in details if d)
 
 
+def _check_zoo_layout(path: Path, res: CheckResult) -> None:
+    """The directory rules of the MONAI Model Zoo's ``ci/verify_bundle.py`` plus ``docs/data_license.txt``."""
+    for rel in ZOO_NECESSARY_FILES:
+        if not (path / rel).is_file():
+            res.problems.append(f"{rel}: missing; the MONAI Model Zoo's CI refuses a bundle without it")
+    if not (path / DATA_LICENSE).is_file():
+        res.problems.append(
+            f"{DATA_LICENSE}: missing; state the licence of the training data (and of the demo data) there"
+        )
+    for rel in ZOO_PREFERRED_FILES:
+        if not (path / rel).is_file():
+            res.warnings.append(f"{rel}: absent (the zoo prefers it; see the 'weights' check)")
+    if not res.problems:
+        res.detail = "necessary files present"
+
+
+def pretty_json(obj: Any) -> str:
+    """``obj`` as the zoo's pre-commit ``pretty-format-json --indent=4 --no-sort-keys`` writes it."""
+    return json.dumps(obj, indent=4, ensure_ascii=False) + "\n"
+
+
+def _check_json_format(path: Path, res: CheckResult) -> None:
+    """Every ``configs/*.json`` is formatted as :func:`pretty_json` (what the zoo's pre-commit would rewrite)."""
+    bad = []
+    for p in sorted((path / "configs").glob("*.json")):
+        try:
+            text = p.read_text(encoding="utf-8")
+            obj = json.loads(text)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue  # reported by 'files'
+        if text != pretty_json(obj):
+            bad.append(p.name)
+    if bad:
+        res.problems.append(
+            f"configs/{{{','.join(bad)}}}: not formatted as the zoo's pre-commit hook "
+            "(pretty-format-json --indent=4 --no-sort-keys) writes it; rewrite with "
+            "tlk_components.zoo.verify.pretty_json(json.load(f))"
+        )
+    else:
+        res.detail = "configs/*.json formatted with 4-space indent, key order kept"
+
+
+def _check_weights(path: Path, res: CheckResult) -> None:
+    """Say which weights the network checks use, and check the files ``large_files.yml`` lists."""
+    try:
+        from tlk_components.zoo.large_files import check_large_files
+    except ImportError:  # pragma: no cover - the module ships with the package
+        check_large_files = None
+    if check_large_files is not None:
+        try:
+            res.problems += check_large_files(path)
+        except TLKError as e:
+            res.problems.append(str(e))
+    weights = path / "models" / "model.pt"
+    if weights.is_file():
+        from tlk_components.zoo.package import sha256_file
+
+        res.detail = f"models/model.pt (sha256 {sha256_file(weights)[:12]}…) is what the network checks load"
+    else:
+        res.warnings.append(
+            "no models/model.pt: the network checks use a random initialisation; train the bundle "
+            "(docs/README.md) or fetch its large_files before packaging a release"
+        )
+        res.detail = "untrained (random initialisation checked)"
+
+
+def _ckpt_files_read(path: Path) -> list[str]:
+    """Names of ``.pt`` files that train.json/inference.json read from ``ckpt_dir`` (``@ckpt_dir + '/x.pt'``)."""
+    names: set[str] = set()
+    for rel in ("configs/train.json", "configs/inference.json"):
+        try:
+            strings = list(_iter_strings(_load_json(path / rel)))
+        except (OSError, json.JSONDecodeError):
+            continue
+        for text in strings:
+            names.update(re.findall(r"@ckpt_dir\s*\+\s*['\"]/([\w.-]+\.pt)['\"]", text))
+    return sorted(names - {"checkpoint_last.pt"})
+
+
+@contextlib.contextmanager
+def _workflow_sandbox(path: Path) -> Any:
+    """A temporary folder with the bundle's tiny demo dataset and, when the bundle has none, random weights.
+
+    Yields the overrides that point a bundle config at it: ``dataset_dir``, ``output_dir``, ``ckpt_dir``.
+    """
+    from tlk_components.zoo.registry import get_data_module
+
+    with tempfile.TemporaryDirectory(prefix="tlk_verify_props_") as tmp:
+        root = Path(tmp)
+        module = get_data_module(path.name)
+        with _quiet():
+            module.write_demo(root / "data", size="tiny")
+        ckpt = root / "models"
+        ckpt.mkdir()
+        shipped = path / "models"
+        for f in sorted(shipped.glob("*.pt")) if shipped.is_dir() else []:
+            (ckpt / f.name).write_bytes(f.read_bytes())
+        meta_p, inf_p = path / "configs" / "metadata.json", path / "configs" / "inference.json"
+        if inf_p.is_file():
+            for net_id in _network_ids(_load_json(inf_p)):
+                targets = [_weights_for(ckpt.parent, net_id, "pt")]
+                if net_id == "network_def":  # other weights of the same network a config reads (a source model)
+                    targets += [ckpt / n for n in _ckpt_files_read(path) if n not in {t.name for t in targets}]
+                missing = [t for t in targets if not t.is_file()]
+                if missing:
+                    with _quiet():
+                        net = _parse_network(meta_p, inf_p, path, net_id)
+                    for t in missing:
+                        atomic_torch_save(net.state_dict(), t)
+        yield {"dataset_dir": str(root / "data"), "output_dir": str(root / "out"), "ckpt_dir": str(ckpt)}
+
+
+def workflow_property_problems(
+    bundle: str | os.PathLike, workflow_type: str, config_file: str | os.PathLike, **override: Any
+) -> list[str]:
+    """Run MONAI's ``ConfigWorkflow(workflow_type=...).initialize()`` then ``check_properties()``.
+
+    This is what MONAI Label, MONAI Deploy and MONAI FL do before driving a bundle: every required property
+    (``monai.bundle.properties``: train ``bundle_root, device, dataset_dir, trainer, max_epochs, train_dataset,
+    train_inferer``; infer ``bundle_root, device, dataset_dir, dataset, evaluator, network_def, inferer``) is
+    instantiated, and every optional property that its consumer references must be referenced by its id
+    (``"@train#handlers"``), with every item of ``train#handlers`` a dict.
+
+    Args:
+        bundle: bundle folder.
+        workflow_type: ``"train"`` or ``"infer"``.
+        config_file: the config (or list of configs) the workflow reads.
+        override: config overrides (e.g. ``dataset_dir``).
+
+    Returns:
+        One line per problem (empty when MONAI accepts the bundle).
+    """
+    from monai.bundle import ConfigParser, ConfigWorkflow
+    from monai.bundle.properties import InferProperties, TrainProperties
+    from monai.utils import BundleProperty, BundlePropertyConfig
+
+    path = Path(bundle)
+    rel = Path(config_file).name if not isinstance(config_file, list | tuple) else str(config_file)
+    # required ids must be in the bundle's own config, not only in the overrides this check adds
+    raw = ConfigParser()
+    raw.read_config(config_file if isinstance(config_file, list | tuple) else str(config_file))
+    props = TrainProperties if workflow_type.startswith("train") else InferProperties
+    absent = [
+        p[BundlePropertyConfig.ID].replace("::", "#")
+        for p in props.values()
+        if p.get(BundleProperty.REQUIRED) and p[BundlePropertyConfig.ID] not in raw
+    ]
+    if absent:
+        return [
+            f"configs/{rel}: required id(s) {absent} missing; MONAI's {props is TrainProperties and 'train' or 'infer'} "
+            "workflow (MONAI Label, Deploy, FL) reads them (monai/bundle/properties.py)"
+        ]
+    level = logging.root.manager.disable
+    try:
+        with _quiet():
+            logging.disable(logging.WARNING)  # MONAI warns that logging_file=False skips logging.conf
+            wf = ConfigWorkflow(
+                config_file=str(config_file) if not isinstance(config_file, list | tuple) else list(config_file),
+                meta_file=str(path / "configs" / "metadata.json"),
+                logging_file=False,
+                workflow_type=workflow_type,
+                **{"bundle_root": str(path), **override},
+            )
+            wf.initialize()
+            missing = wf.check_properties()
+    except Exception as e:  # noqa: BLE001 - any failure is what MONAI Label/Deploy/FL would hit
+        return [
+            f"configs/{rel}: ConfigWorkflow(workflow_type={workflow_type!r}) failed: {_short(e)}; the "
+            "property ids and reference rules are in monai/bundle/properties.py (see bundles/README.md)"
+        ]
+    finally:
+        logging.disable(level)
+    if missing:
+        return [
+            f"configs/{rel}: check_properties(workflow_type={workflow_type!r}) reports {missing}: required ids "
+            "missing, or optional ids not referenced as '@<id>' by their consumer (e.g. train#trainer#train_handlers "
+            "must be '@train#handlers')"
+        ]
+    return []
+
+
+def _check_properties(path: Path, res: CheckResult) -> None:
+    from tlk_components.utils.errors import ConfigError
+
+    try:
+        sandbox = _workflow_sandbox(path)
+        overrides = sandbox.__enter__()
+    except ConfigError as e:
+        res.skipped = f"no demo data to build the workflows on ({e})"
+        return
+    except Exception as e:  # noqa: BLE001
+        res.problems.append(f"cannot prepare the tiny demo dataset and weights: {_short(e)}")
+        return
+    try:
+        done = []
+        for workflow_type, rel in WORKFLOW_CONFIGS:
+            cfg = path / rel
+            if not cfg.is_file():
+                res.problems.append(f"{rel}: missing; ConfigWorkflow(workflow_type={workflow_type!r}) needs it")
+                continue
+            run_override = {**overrides, "output_dir": f"{overrides['output_dir']}_{workflow_type}"}
+            if workflow_type == "train":
+                run_override["epochs"] = 1
+            res.problems += workflow_property_problems(path, workflow_type, cfg, **run_override)
+            done.append(workflow_type)
+    finally:
+        sandbox.__exit__(None, None, None)
+    if not res.problems:
+        res.detail = f"ConfigWorkflow.check_properties() returns [] for {', '.join(done)} (tiny demo data)"
+
+
 _CHECKS = {
     "metadata": _check_metadata,
     "files": _check_files,
@@ -688,6 +923,10 @@ _CHECKS = {
     "overrides": _check_overrides,
     "portable": _check_portable,
     "readme_metrics": _check_readme,
+    "zoo_layout": _check_zoo_layout,
+    "json_format": _check_json_format,
+    "weights": _check_weights,
+    "properties": _check_properties,
 }
 
 

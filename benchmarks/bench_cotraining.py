@@ -8,8 +8,9 @@ For each seed (a different split and network initialisation) three runs of the s
 * ``cotraining``: the same plus pseudo-label exchange over the unlabelled 75 %;
 * ``all_labels``: fully supervised, the unlabelled pool with its true labels added (the ceiling).
 
-Each is scored on the test split by :class:`~tlk_components.engines.cotraining.CoTrainingEvaluator` (best
-checkpoint per model, ensemble = mean of the two softmax outputs). Reported: test accuracy of the ensemble and of
+Each is scored on the test split by the bundle's own ``validate#evaluator``
+(:class:`~tlk_components.engines.cotraining.CoTrainingEvaluator` on ``models/model.pt``: the best checkpoint per
+model, ensemble = mean of the two softmax outputs). Reported: test accuracy of the ensemble and of
 each view, the gain of co-training over the baseline in accuracy points, the fraction of the baseline-to-supervised
 gap it closes, and the accuracy of the pseudo-labels co-training added (against the hidden true labels).
 Targets (issue 5): gain >= 3 points and gap closed >= 0.5.
@@ -64,6 +65,8 @@ def _config(dataset_dir: Path, out: Path, mode: str, seed: int, overrides: dict[
             "resume": False,
             "device": "$torch.device('cpu')",
             "train#trainer#progress": False,
+            "validate#evaluator#split": "test",
+            "validate#evaluator#filename": "metrics.json",
             **overrides,
         }
     )
@@ -79,14 +82,7 @@ def run_mode(dataset_dir: Path, out: Path, mode: str, seed: int, overrides: dict
     t0 = time.perf_counter()
     history = trainer.run()
     seconds = time.perf_counter() - t0
-    evaluator = CoTrainingEvaluator(
-        splits=parser.get_parsed_content("splits"),
-        networks=[parser.get_parsed_content("network_view0"), parser.get_parsed_content("network_view1")],
-        preprocessing=parser.get_parsed_content("train#preprocessing"),
-        ckpt_dir=out / "models",
-        output_dir=out / "eval",
-        device="cpu",
-    )
+    evaluator: CoTrainingEvaluator = parser.get_parsed_content("validate#evaluator")
     m = evaluator.run()
     added = sum(h["added_view0"] + h["added_view1"] for h in history)
     correct = sum((h["pseudo_label_accuracy"] or 0.0) * (h["added_view0"] + h["added_view1"]) for h in history)

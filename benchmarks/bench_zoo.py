@@ -89,7 +89,8 @@ def _release(bundle: Path, work: Path) -> tuple[Path, str]:
             continue
         weights.parent.mkdir(exist_ok=True)
         torch.save(net.state_dict(), weights)
-    entry = package_bundle(copy, work / "release", base_url=".")
+    untrained = not (copy / "models" / "model.pt").is_file()
+    entry = package_bundle(copy, work / "release", base_url=".", allow_untrained=untrained)
     return work / "release", Path(entry["zip"]).name
 
 

@@ -1,5 +1,6 @@
 # Copyright (c) TLK Model Zoo contributors. Licensed under the Apache License, Version 2.0.
-"""The co-training engine on the tiny demo: exchange, pool shrink, clean stops, resume, evaluation, inference."""
+"""The co-training engine on the tiny demo: exchange, pool shrink, clean stops, resume, model.pt, evaluation,
+inference, the two-view dataset."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import torch
 from monai.transforms import Compose, EnsureType, LoadImage, ScaleIntensityRange
 from monai.utils import set_determinism
 
-from tlk_components.data.cotraining import load_splits, write_demo
-from tlk_components.engines.cotraining import CoTrainer, CoTrainingEvaluator, CoTrainingPredictor
+from tlk_components.data.cotraining import TwoViewSamples, load_splits, write_demo
+from tlk_components.engines.cotraining import CoTrainer, CoTrainingEvaluator, CoTrainingPredictor, TwoViewDataset
 from tlk_components.networks.small_cnn import SmallCNN, build_view_network
-from tlk_components.utils.errors import ConfigError
+from tlk_components.networks.two_view import TwoViewClassifier
+from tlk_components.utils.errors import ConfigError, DatasetError
 from tlk_components.utils.io import load_weights
 
 PRE = Compose(
@@ -40,14 +42,14 @@ def _trainer(splits, tmp: Path, **kw) -> CoTrainer:
     scheds = [torch.optim.lr_scheduler.ReduceLROnPlateau(o, factor=0.5, patience=1) for o in opts]
     args = {
         "splits": splits,
+        "dataset": TwoViewDataset(splits.samples, PRE),
         "networks": nets,
         "optimizers": opts,
         "lr_schedulers": scheds,
-        "preprocessing": PRE,
         "ckpt_dir": tmp / "models",
         "output_dir": tmp / "eval",
         "iterations": 2,
-        "epochs": 1,
+        "max_epochs": 1,
         "k": 10,
         "batch_size": 16,
         "progress": False,
@@ -76,9 +78,14 @@ def test_exchange_grows_train_sets_and_shrinks_pool(tiny, tmp_path):
         pseudo = set(tr.train_ids[v][tr.train_pseudo[v]].tolist())
         assert pseudo <= used and not pseudo & set(tr.pool.tolist())
     assert used == set(tr.train_ids[0][tr.train_pseudo[0]]) | set(tr.train_ids[1][tr.train_pseudo[1]])
-    # files: best model per view (weights only), resumable checkpoint, log, plot, TensorBoard
-    for v in (0, 1):
-        assert isinstance(load_weights(tmp_path / "models" / f"model_view{v}.pt"), dict)
+    # files: best model per view (weights only), both as the two-view network's model.pt, resumable checkpoint,
+    # log, plot, TensorBoard
+    views = [load_weights(tmp_path / "models" / f"model_view{v}.pt") for v in (0, 1)]
+    both = load_weights(tmp_path / "models" / "model.pt")
+    assert set(both) == {f"view{v}.{k}" for v in (0, 1) for k in views[v]}
+    assert all(torch.equal(both[f"view{v}.{k}"], t) for v in (0, 1) for k, t in views[v].items())
+    net = _two_view()
+    net.load_state_dict(both)
     assert load_weights(tmp_path / "models" / "checkpoint_last.pt")["iteration"] == 3
     log = json.loads((tmp_path / "eval" / "cotraining_log.json").read_text())
     assert len(log) == 3 and {"val_accuracy_ensemble", "conflicts", "pool_size"} <= set(log[0])
@@ -112,7 +119,7 @@ def test_pool_exhausted_then_stops(tiny, tmp_path, monkeypatch):
     splits = load_splits(tiny)
     truth = torch.as_tensor(splits.samples.labels)
 
-    def oracle(network, images, ids, device, batch_size=256):  # both models agree, and are right
+    def oracle(network, images, ids, device, batch_size=256, inferer=None):  # both models agree, and are right
         return torch.nn.functional.one_hot(truth[torch.as_tensor(np.asarray(ids), dtype=torch.long)], 10).float()
 
     monkeypatch.setattr(eng, "predict_proba", oracle)
@@ -137,14 +144,19 @@ def test_modes_labelled_only_and_all_labels(tiny, tmp_path):
     assert not full.train_pseudo[1].any()
 
 
+def _two_view(**kw) -> TwoViewClassifier:
+    return TwoViewClassifier(view0=SmallCNN(channels=(8, 16), **kw), view1=SmallCNN(channels=(8, 16), **kw))
+
+
 def test_evaluator_and_predictor(tiny, tmp_path):
     splits = load_splits(tiny)
     tr = _trainer(splits, tmp_path, iterations=1)
     tr.run()
+    dataset = TwoViewDataset(splits.samples, PRE)
     m = CoTrainingEvaluator(
         splits=splits,
-        networks=[SmallCNN(channels=(8, 16)) for _ in range(2)],
-        preprocessing=PRE,
+        dataset=dataset,
+        network=_two_view(),
         ckpt_dir=tmp_path / "models",
         output_dir=tmp_path / "eval",
         keys=["test_accuracy_view0", "test_accuracy_view1", "test_accuracy_ensemble"],
@@ -155,11 +167,22 @@ def test_evaluator_and_predictor(tiny, tmp_path):
     assert np.sum(saved["confusion_matrix_ensemble"]) == len(splits.test)
     assert set(saved["per_class_accuracy"]) == {"view0", "view1", "ensemble"}
     assert (tmp_path / "eval" / "test_per_class_accuracy.png").is_file()
+    # the evaluator's figures are those of the two view models trained by the engine, ensemble = mean softmax
+    test = splits.test
+    probs = []
+    for v in (0, 1):
+        net = SmallCNN(channels=(8, 16))
+        net.load_state_dict(load_weights(tmp_path / "models" / f"model_view{v}.pt"))
+        x = torch.stack([dataset.views[v][int(i)] for i in test])
+        probs.append(torch.softmax(net.eval()(x), dim=1))
+    truth = splits.samples.labels[test]
+    assert m["test_accuracy_view0"] == pytest.approx(float((probs[0].argmax(1).numpy() == truth).mean()))
+    ens = (probs[0] + probs[1]).argmax(1).numpy()
+    assert m["test_accuracy_ensemble"] == pytest.approx(float((ens == truth).mean()))
     out = CoTrainingPredictor(
-        input_csv=tiny / "samples.csv",
+        dataset=TwoViewDataset(tiny / "samples.csv", PRE),
         output_csv=tmp_path / "pred.csv",
-        networks=[SmallCNN(channels=(8, 16)) for _ in range(2)],
-        preprocessing=PRE,
+        network=_two_view(),
         ckpt_dir=tmp_path / "models",
     ).run()
     rows = list(csv.DictReader(out.open()))
@@ -173,24 +196,57 @@ def test_evaluator_and_predictor(tiny, tmp_path):
         "label",
     }
     assert all(r["pred"] in splits.samples.class_names and 0 < float(r["confidence"]) <= 1 for r in rows)
-    with pytest.raises(ConfigError, match="model_view0.pt does not fit the view-0 network"):
+    pairs = TwoViewDataset(tiny / "samples.csv", PRE)
+    with pytest.raises(ConfigError, match="model.pt does not fit the two-view network"):
         CoTrainingPredictor(
-            input_csv=tiny / "samples.csv",
+            dataset=pairs,
             output_csv=tmp_path / "pred_bad.csv",
-            networks=[SmallCNN(channels=(8, 16), num_classes=3) for _ in range(2)],
-            preprocessing=PRE,
+            network=_two_view(num_classes=3),
             ckpt_dir=tmp_path / "models",
         ).run()
-    with pytest.raises(ConfigError, match="predict 10 classes but the class map has 3"):
+    with pytest.raises(ConfigError, match="predicts 10 classes but the class map has 3"):
         CoTrainingPredictor(
-            input_csv=tiny / "samples.csv",
+            dataset=pairs,
             output_csv=tmp_path / "pred_bad.csv",
-            networks=[SmallCNN(channels=(8, 16)) for _ in range(2)],
-            preprocessing=PRE,
+            network=_two_view(),
             ckpt_dir=tmp_path / "models",
             class_names=["a", "b", "c"],
         ).run()
     assert not (tmp_path / "pred_bad.csv").exists()
+    with pytest.raises(ConfigError, match="expected the bundle's network_def, a .*TwoViewClassifier"):
+        CoTrainingPredictor(dataset=pairs, output_csv=tmp_path / "p.csv", network=SmallCNN(), ckpt_dir=tmp_path)
+    s = splits.samples
+    fewer = TwoViewSamples(s.view0[:10], s.view1[:10], s.labels[:10], s.class_names)
+    with pytest.raises(ConfigError, match="its 10 view pairs are not the 120 samples of splits"):
+        CoTrainingEvaluator(
+            splits=splits,
+            dataset=TwoViewDataset(fewer, PRE),
+            network=_two_view(),
+            ckpt_dir=tmp_path,
+            output_dir=tmp_path,
+        )
+
+
+def test_two_view_dataset(tiny, tmp_path):
+    splits = load_splits(tiny)
+    ds = TwoViewDataset(splits.samples, PRE)
+    item = ds[3]
+    assert item["image"].shape == (2, 16, 8) and item["image"].dtype == torch.float32
+    assert torch.equal(item["image"][0], ds.views[0][3][0]) and torch.equal(item["image"][1], ds.views[1][3][0])
+    assert int(item["label"]) == splits.samples.labels[3] and ds.raw_labels[3] == str(splits.samples.labels[3])
+    pairs = TwoViewDataset(tiny / "samples.csv", PRE)
+    assert len(pairs) == 120 and pairs.root == tiny and int(pairs[0]["label"]) == -1
+    # a missing image is named before any compute; views of different sizes cannot be stacked
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"view0,view1\n{tiny}/view0/0/missing.png,{pairs.view1[0]}\n{pairs.view0[0]},{pairs.view1[0]}\n")
+    with pytest.raises(DatasetError, match="1 image file.s. missing") as e:
+        TwoViewDataset(bad, PRE)
+    assert len(e.value.problems) == 1 and e.value.problems[0].endswith("view0/0/missing.png: image file missing")
+    wide = Compose([PRE, lambda x: torch.cat([x, x], dim=-1)])
+    with pytest.raises(DatasetError, match="need the same spatial size: add a Resize"):
+        TwoViewDataset(tiny / "samples.csv", [PRE, wide])[0]
+    with pytest.raises(ConfigError, match="expected TwoViewSamples"):
+        TwoViewDataset(42, PRE)
 
 
 def test_ill_engine_arguments(tiny, tmp_path):

@@ -12,13 +12,16 @@ import sys
 import zipfile
 from pathlib import Path
 
+import monai
 import pytest
 
-from tests.zoo_helpers import make_fake_bundle, serve_dir, write_zip
+from tests.zoo_helpers import make_fake_bundle, serve_dir, write_json, write_zip
 from tlk_components.zoo.download import (
     DownloadError,
     download_bundle,
     index_entries,
+    index_info,
+    install_bundle,
     list_index,
     read_index,
     select_entry,
@@ -87,16 +90,19 @@ def test_download_over_http_and_list_index(release, tmp_path):
 
 def test_select_entry_numeric_order_and_monai_compatibility():
     idx = {
-        f"b_v{v}": {"source": "x", "sha256": "0" * 64, "monai_version": m}
+        f"b_v{v}": {"source": "x", "sha256": "0" * 64, "monai_version": m, "pytorch_version": "2.0.0"}
         for v, m in [("0.5.9", "1.0.0"), ("0.5.10", "1.0.0"), ("0.10.0", "9.0.0"), ("0.9.1", "1.6.1rc1")]
     }
     entries = index_entries(idx)
-    assert select_entry(entries, "b", monai_version="1.6.1")["version"] == "0.9.1"
-    assert select_entry(entries, "b", monai_version="1.5.0")["version"] == "0.5.10"
-    assert select_entry(entries, "b", monai_version="9.0.0")["version"] == "0.10.0"
+    assert select_entry(entries, "b", monai_version="1.6.1")["version"] == "0.9.1"  # rc tag ignored: 1.6.1 <= 1.6.1
+    assert select_entry(entries, "b", monai_version="1.5.0")["version"] == "0.5.10"  # not "0.5.9"
+    assert select_entry(entries, "b", monai_version="9.0.0")["version"] == "0.10.0"  # others need MONAI 1.x
     assert select_entry(entries, "b", version="0.10.0", monai_version="1.5.0")["version"] == "0.10.0"
     with pytest.raises(
-        DownloadError, match=r"no version of b works with the installed MONAI 0.9.0.*0.10.0 \(MONAI 9.0.0\)"
+        DownloadError,
+        match=r"no version of b works with the installed MONAI 0.9.0, torch [\d.]+: "
+        r"0.10.0 \(needs MONAI 9.0.0, another major version\); 0.9.1 \(needs MONAI 1.6.1rc1, another major version\)"
+        r".*pass --version VERSION to take one anyway",
     ):
         select_entry(entries, "b", monai_version="0.9.0")
 
@@ -257,3 +263,79 @@ def test_ill_archive_not_matching_the_index(tmp_path):
     with pytest.raises(DownloadError, match=rf"holds no {NAME}/configs/metadata.json: not a bundle"):
         download_bundle(NAME, _index_for(z), dl)
     assert sorted(dl.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def future_release(tmp_path_factory) -> Path:
+    """Versions 0.2.0 (built with the installed MONAI) and 0.3.0 (says it needs MONAI <major>.99.0).
+
+    The index entry of 0.3.0 lacks monai_version/pytorch_version, so ``download`` must read them from the zip.
+    """
+    root = tmp_path_factory.mktemp("zoo_future")
+    major = monai.__version__.split(".")[0]
+    for version in ("0.2.0", "0.3.0"):
+        b = make_fake_bundle(root / f"src_{version}", version=version, weights=True)
+        if version == "0.3.0":
+            meta_p = b / "configs" / "metadata.json"
+            meta = json.loads(meta_p.read_text())
+            meta["monai_version"] = f"{major}.99.0"
+            write_json(meta_p, meta)
+        package_bundle(b, root / "release", base_url=".")
+    index_p = root / "release" / "model_info.json"
+    index = json.loads(index_p.read_text())
+    for k in ("monai_version", "pytorch_version"):
+        del index[f"{NAME}_v0.3.0"][k]
+    write_json(index_p, index)
+    return root / "release"
+
+
+def test_newest_compatible_version_skips_one_needing_a_future_monai(future_release, tmp_path):
+    major = monai.__version__.split(".")[0]
+    result = install_bundle(NAME, future_release, tmp_path / "dl")
+    assert result.version == "0.2.0" and result.path == tmp_path / "dl" / NAME and result.warnings == []
+    assert result.message.startswith("picked 0.2.0 (newest compatible with MONAI ")
+    assert result.message.endswith(f"; skipped 0.3.0 (needs MONAI {major}.99.0)")
+    assert json.loads((result.path / "configs" / "metadata.json").read_text())["version"] == "0.2.0"
+    assert _hidden(tmp_path / "dl") == []  # the zip of 0.3.0 read for its requirements left nothing behind
+
+
+def test_explicit_incompatible_version_downloads_with_a_warning(future_release, tmp_path):
+    with pytest.warns(UserWarning, match=r"fake_mlp_classification 0.3.0 needs MONAI \d+.99.0, but MONAI"):
+        path = download_bundle(NAME, future_release, tmp_path / "dl", version="0.3.0")
+    assert json.loads((path / "configs" / "metadata.json").read_text())["version"] == "0.3.0"
+
+
+def test_cli_download_says_which_version_and_why(future_release, tmp_path):
+    major = monai.__version__.split(".")[0]
+    proc = subprocess.run(
+        [sys.executable, "-m", "tlk_components", "download", NAME, "--index", str(future_release)]
+        + ["--dir", str(tmp_path / "dl")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, TLK_NUM_THREADS="1"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"downloaded {NAME} 0.2.0 (sha256 verified)" in proc.stdout
+    assert f"skipped 0.3.0 (needs MONAI {major}.99.0)" in proc.stdout
+    # the index alone does not say what 0.3.0 needs: `list` shows '?' and assumes it fits (download then checks the zip)
+    listing = list_index(future_release)
+    assert "0.3.0* (MONAI ?, torch ?)" in listing and "0.2.0 (MONAI" in listing
+
+
+def test_list_index_marks_incompatible_and_untrained(tmp_path):
+    b = make_fake_bundle(tmp_path / "src", version="0.1.0")
+    package_bundle(b, tmp_path / "release", base_url=".", allow_untrained=True)
+    index_p = tmp_path / "release" / "model_info.json"
+    index = json.loads(index_p.read_text())
+    future = dict(index[f"{NAME}_v0.1.0"], version="0.2.0", monai_version="99.0.0", untrained=False)
+    index[f"{NAME}_v0.2.0"] = future
+    write_json(index_p, index)
+    listing = list_index(tmp_path / "release")
+    assert "0.2.0 (MONAI 99.0.0, torch" in listing and "incompatible)" in listing
+    assert "0.1.0* (MONAI" in listing and "untrained)" in listing
+    rows = index_info(tmp_path / "release")
+    assert [(r["version"], r["untrained"], r["compatible"], r["default"]) for r in rows] == [
+        ("0.2.0", False, False, False),
+        ("0.1.0", True, True, True),
+    ]

@@ -3,7 +3,7 @@
 
 Every step uses the real entry points: ``python -m monai.bundle run`` for training and inference (each from a
 working directory outside the bundle), :func:`package_bundle`, a ``http.server`` on 127.0.0.1 started and stopped
-by the test, and :func:`download_bundle` into a fresh folder.
+by the test, :func:`download_bundle` into a fresh folder, and ``tlk_components.zoo.load`` on the downloaded copy.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+import tlk_components.zoo as zoo
 from tests.zoo_helpers import serve_dir
 from tlk_components.zoo.download import download_bundle, list_index
 from tlk_components.zoo.package import bundle_files, package_bundle
@@ -43,7 +45,7 @@ def _predictions(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_train_package_serve_download_infer(tmp_path):
+def test_train_package_serve_download_infer(tmp_path, monkeypatch):
     # a private copy of the bundle, so training does not write into the repository
     original = tmp_path / "mine" / BUNDLE
     repo_bundle = list_bundles()[BUNDLE]
@@ -80,3 +82,12 @@ def test_train_package_serve_download_infer(tmp_path):
     after = _predictions(tmp_path / "pred_downloaded" / "predictions.csv")
     assert len(before) == 100  # the tiny test split
     assert after == before
+
+    # the Python API loads the same trained network from the downloaded copy, writing nothing where it is called
+    api_cwd = tmp_path / "api_cwd"
+    api_cwd.mkdir()
+    monkeypatch.chdir(api_cwd)
+    net = zoo.load(BUNDLE, dir=tmp_path / "fresh")
+    trained = torch.load(original / "models" / "model.pt", weights_only=True)
+    assert not net.training and all(torch.equal(v, trained[k]) for k, v in net.state_dict().items())
+    assert list(api_cwd.iterdir()) == []

@@ -220,3 +220,16 @@ def test_monai_bundle_load_writes_nothing_into_the_working_directory(tmp_path, m
     assert list(cwd.iterdir()) == [], "monai.bundle.load wrote into the caller's working directory"
     ref = net.state_dict()
     assert all(torch.equal(v, ref[k]) for k, v in model.state_dict().items())
+
+
+def test_prerelease_bundle_version_is_valid_metadata():
+    """A release candidate (``1.0.0-rc1``) is a valid bundle version and orders before its release."""
+    from tlk_components.zoo.metadata import metadata_errors, parse_version
+
+    meta = json.loads((BUNDLES[MNIST] / "configs" / "metadata.json").read_text())
+    meta["changelog"] = {"1.0.0-rc1": "release candidate", **meta["changelog"]}
+    meta["version"] = "1.0.0-rc1"
+    assert metadata_errors(meta) == []
+    assert parse_version("1.0.0-rc1") < parse_version("1.0.0") and parse_version("1.0.0-rc1") > parse_version("0.9.9")
+    meta["version"] = "1.0.0.1"
+    assert any("version" in e for e in metadata_errors(meta))

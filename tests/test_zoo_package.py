@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.zoo_helpers import make_fake_bundle
+from tests.zoo_helpers import make_fake_bundle, write_json
+from tlk_components.zoo.large_files import fetch_large_files
 from tlk_components.zoo.package import PackageError, package_bundle, sha256_file, weight_files
-from tlk_components.zoo.registry import list_bundles
 
 NAME = "fake_mlp_classification"
 
@@ -105,7 +105,7 @@ def test_released_version_is_immutable_until_bumped(tmp_path):
     meta = json.loads(meta_p.read_text())
     meta["version"] = "0.1.1"
     meta["changelog"]["0.1.1"] = "improve the README"
-    meta_p.write_text(json.dumps(meta, indent=4))
+    write_json(meta_p, meta)
     package_bundle(b, out)
     index = json.loads((out / "model_info.json").read_text())
     assert sorted(index) == [f"{NAME}_v0.1.0", f"{NAME}_v0.1.1"]
@@ -118,7 +118,7 @@ def test_ill_package_refuses_bundle_failing_verification(tmp_path):
     meta = json.loads(meta_p.read_text())
     del meta["authors"]
     meta["version"] = "1.0"
-    meta_p.write_text(json.dumps(meta))
+    write_json(meta_p, meta)
     out = tmp_path / "release"
     with pytest.raises(
         PackageError, match=r"(?s)refusing to package.*'authors' is a required property.*'1.0' does not match"
@@ -188,7 +188,7 @@ def test_allow_untrained_is_recorded_in_the_index(tmp_path):
     meta = json.loads(meta_p.read_text())
     meta["version"] = "0.2.0"
     meta["changelog"]["0.2.0"] = "trained weights"
-    meta_p.write_text(json.dumps(meta, indent=4) + "\n")
+    write_json(meta_p, meta)
     trained = make_fake_bundle(tmp_path / "w", weights=True)
     (b / "models").mkdir()
     (b / "models" / "model.pt").write_bytes((trained / "models" / "model.pt").read_bytes())
@@ -210,16 +210,21 @@ def test_cli_package_untrained_refused_then_allowed(tmp_path):
     assert json.loads((tmp_path / "out" / "model_info.json").read_text())[f"{NAME}_v0.1.0"]["untrained"] is True
 
 
-def test_weights_declared_in_large_files_count_as_trained(tmp_path):
+def test_weights_fetched_from_large_files_then_packaged(tmp_path):
+    """Weights kept out of git: large_files.yml names them; fetch, then package a trained release."""
     b = make_fake_bundle(tmp_path / "src")
-    digest = "ab" * 32
+    hosted = make_fake_bundle(tmp_path / "host", weights=True) / "models" / "model.pt"
     (b / "large_files.yml").write_text(
-        f"large_files:\n- path: models/model.pt\n  url: https://zoo.example.org/w.pt\n  hash_val: {digest}\n"
-        "  hash_type: sha256\n"
+        f"large_files:\n- path: models/model.pt\n  url: {hosted.as_uri()}\n"
+        f"  hash_val: {sha256_file(hosted)}\n  hash_type: sha256\n"
     )
+    with pytest.raises(PackageError, match=r"models/model.pt: listed in large_files.yml but absent"):
+        package_bundle(b, tmp_path / "release")
+    assert fetch_large_files(b) == [b / "models" / "model.pt"]
     e = package_bundle(b, tmp_path / "release")
-    assert e["untrained"] is False and e["weights_sha256"] == digest
-    assert f"{NAME}/large_files.yml" in zipfile.ZipFile(e["zip"]).namelist()
+    assert e["untrained"] is False and e["weights_sha256"] == sha256_file(hosted)
+    names = zipfile.ZipFile(e["zip"]).namelist()
+    assert f"{NAME}/large_files.yml" in names and f"{NAME}/models/model.pt" in names
 
 
 @pytest.mark.parametrize(
@@ -246,13 +251,20 @@ def test_ill_package_refuses_weights_not_matching_large_files(tmp_path):
         package_bundle(b, tmp_path / "release")
 
 
-def test_weight_files_per_network():
-    assert weight_files(Path("/nonexistent")) == {"network_def": "models/model.pt"}  # no inference.json: the default
-    bundles = list_bundles()
-    if "cotraining_classification" in bundles:  # a two-network bundle: one weights file per network_def_<name>
-        assert weight_files(bundles["cotraining_classification"]) == {
-            "network_def_view0": "models/model_view0.pt",
-            "network_def_view1": "models/model_view1.pt",
-        }
-    if "mnist_mlp_classification" in bundles:
-        assert weight_files(bundles["mnist_mlp_classification"]) == {"network_def": "models/model.pt"}
+def test_weight_files_per_network(tmp_path):
+    assert weight_files(tmp_path / "nothing") == {"network_def": "models/model.pt"}  # no inference.json: the default
+    b = make_fake_bundle(tmp_path, weights=True)
+    assert weight_files(b) == {"network_def": "models/model.pt"}
+    # a bundle with two networks needs one weights file per network_def_<name>
+    inference = json.loads((b / "configs" / "inference.json").read_text())
+    net = inference.pop("network_def")
+    inference.update(network_def_view0=net, network_def_view1=net)
+    write_json(b / "configs" / "inference.json", inference)
+    assert weight_files(b) == {
+        "network_def_view0": "models/model_view0.pt",
+        "network_def_view1": "models/model_view1.pt",
+    }
+    with pytest.raises(
+        PackageError, match=r"no trained weights: .*models/model_view0.pt, .*models/model_view1.pt missing"
+    ):
+        package_bundle(b, tmp_path / "release")

@@ -17,7 +17,7 @@ import monai
 import numpy
 import torch
 
-__all__ = ["make_fake_bundle", "serve_dir", "write_zip"]
+__all__ = ["make_fake_bundle", "serve_dir", "write_json", "write_zip"]
 
 NET = {
     "_target_": "monai.networks.nets.FullyConnectedNet",
@@ -32,6 +32,12 @@ INIT = ["$tlk_components.utils.configure_threads(@num_threads)", "$monai.utils.s
 def _json(obj: Any) -> str:
     """JSON as the zoo's pre-commit hook formats it (4-space indent, key order kept, trailing newline)."""
     return json.dumps(obj, indent=4, ensure_ascii=False) + "\n"
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` formatted as ``verify``'s ``json_format`` check expects; returns the path."""
+    Path(path).write_text(_json(obj))
+    return Path(path)
 
 
 def _metadata(name: str, version: str, metric: float) -> dict[str, Any]:

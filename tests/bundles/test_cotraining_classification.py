@@ -1,6 +1,7 @@
 # Copyright (c) TLK Model Zoo contributors. Licensed under the Apache License, Version 2.0.
 """cotraining_classification through the real ``python -m monai.bundle run``: train, resume, evaluate, inference,
-the labelled-only baseline, a bad dataset; plus README/metadata and train/inference config consistency."""
+the labelled-only baseline, a bad dataset; plus README/metadata and train/inference config consistency.
+MONAI's ConfigWorkflow properties, verify_net_in_out and TorchScript export: tests/test_cotraining_interop.py."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ def test_train_resume_evaluate_inference(tiny, tmp_path):
     models = tmp_path / "models"
     for v in (0, 1):
         assert isinstance(load_weights(models / f"model_view{v}.pt"), dict)
+    assert {k.split(".")[0] for k in load_weights(models / "model.pt")} == {"view0", "view1"}
     assert json.loads((models / "classes.json").read_text()) == {str(c): c for c in range(10)}
     log = json.loads((tmp_path / "eval" / "cotraining_log.json").read_text())
     assert [h["iteration"] for h in log] == [1, 2] and log[0]["added_view0"] > 0
@@ -100,34 +102,28 @@ def test_ill_bad_dataset_lists_every_problem(tiny, tmp_path):
     assert proc.returncode != 0
     assert "2 problem(s)" in proc.stdout and "view1 image file missing" in proc.stdout
     assert "label 'ten' is not in the class map" in proc.stdout
-    assert not (tmp_path / "models" / "model_view0.pt").exists()
+    assert not (tmp_path / "models" / "model_view0.pt").exists() and not (tmp_path / "models" / "model.pt").exists()
 
 
 def test_inference_network_defs_match_train():
     train = json.loads((CONFIGS / "train.json").read_text())
     infer = json.loads((CONFIGS / "inference.json").read_text())
-    for key in (
-        "network_def_view0",
-        "network_def_view1",
-        "network_view0",
-        "network_view1",
-        "view0_network",
-        "view1_network",
-    ):
+    for key in ("network_def", "network", "view0_network", "view1_network", "in_channels"):
         assert infer[key] == train[key], key
     assert infer["preprocessing"] == train["train"]["preprocessing"]
     meta = json.loads((CONFIGS / "metadata.json").read_text())
     assert infer["num_classes"] == meta["network_data_format"]["outputs"]["pred"]["num_channels"]
 
 
-def test_inference_networks_build_without_trained_models(tmp_path):
-    """The networks of inference.json need no models/ folder (tlk verify exports an untrained bundle)."""
+def test_inference_network_builds_without_trained_models(tmp_path):
+    """The network_def of inference.json needs no models/ folder (tlk verify exports an untrained bundle)."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "inference.json"))
     parser["bundle_root"] = str(tmp_path)
-    for v in (0, 1):
-        net = parser.get_parsed_content(f"network_def_view{v}")
-        assert net(torch.zeros(2, 1, 16, 8)).shape == (2, 10)
+    net = parser.get_parsed_content("network_def")
+    assert net.eval()(torch.zeros(2, 2, 16, 8)).shape == (2, 10)  # both views stacked as channels -> ensemble
+    for view in (net.view0, net.view1):
+        assert view(torch.zeros(2, 1, 16, 8)).shape == (2, 10)
     assert not (tmp_path / "models").exists()

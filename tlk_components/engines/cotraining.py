@@ -45,7 +45,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.metrics import Accuracy, Loss
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from tlk_components.data.cotraining import TwoViewSamples, TwoViewSplits, read_pairs_csv
 from tlk_components.engines.checkpoint import AtomicCheckpointSaver, unwrap_model
@@ -169,7 +169,9 @@ class TwoViewDataset(Dataset):
     Attributes:
         view0, view1: absolute image paths per view.
         labels: class index per sample, -1 where unknown.
-        raw_labels: the CSV's label column as text (``""`` where empty), or None for a sample table.
+        raw_labels: the label of each sample as text: the CSV's label column, or the class name from the sample
+            table; ``""`` where unknown.
+        root: the CSV's folder (paths in it are relative to it), or None for a sample table.
 
     Raises:
         ConfigError: ``data`` is neither a sample table nor a CSV path.
@@ -182,15 +184,18 @@ class TwoViewDataset(Dataset):
         transform: Callable | Sequence[Callable],
         cache: bool = True,
     ) -> None:
-        self.raw_labels: list[str] | None = None
+        self.root: Path | None = None
         if isinstance(data, TwoViewSamples):
             self.view0, self.view1 = list(data.view0), list(data.view1)
             self.labels = np.asarray(data.labels, dtype=np.int64)
+            self.raw_labels = [data.class_names[c] if c >= 0 else "" for c in self.labels.tolist()]
         elif isinstance(data, str | os.PathLike):
             self.view0, self.view1, self.raw_labels = read_pairs_csv(data)
-            base = Path(data).parent
+            self.root = Path(data).parent
             missing = [
-                f"{os.path.relpath(p, base)}: image file missing" for p in self.view0 + self.view1 if not os.path.isfile(p)
+                f"{os.path.relpath(p, self.root)}: image file missing"
+                for p in self.view0 + self.view1
+                if not os.path.isfile(p)
             ]
             if missing:
                 raise DatasetError(f"{data}: {len(missing)} image file(s) missing", missing)
@@ -209,7 +214,8 @@ class TwoViewDataset(Dataset):
         """The images of view 0 and of view 1 (:class:`ViewImages`; read on first use, then cached)."""
         if self._views is None:
             self._views = [
-                ViewImages(paths, t, self.cache) for paths, t in zip((self.view0, self.view1), self.transform, strict=True)
+                ViewImages(paths, t, self.cache)
+                for paths, t in zip((self.view0, self.view1), self.transform, strict=True)
             ]
         return self._views
 
@@ -289,8 +295,8 @@ def predict_proba(
 def model_filename(view: int) -> str:
     """File name of the best weights of model ``view`` in ``ckpt_dir``: ``model_view<view>.pt``.
 
-    The zoo convention for a bundle with several networks: ``network_def_<name>`` loads ``models/model_<name>.pt``
-    (here ``<name>`` is ``view0`` / ``view1``), so ``tlk verify`` exports the trained weights.
+    The state dict of that view's network alone; :data:`MODEL_NAME` (``model.pt``) holds both, as the state dict of
+    the bundle's ``network_def`` (``TwoViewClassifier``).
 
     Args:
         view: 0 or 1.
@@ -316,7 +322,7 @@ def read_class_names(ckpt_dir: str | os.PathLike) -> list[str]:
     except (OSError, ValueError, AttributeError, TypeError) as e:
         raise DatasetError(
             f"{path}: class map of the trained models not readable ({type(e).__name__}); train the bundle first "
-            "(training writes it next to model_view0.pt) or copy the dataset's classes.json there"
+            f"(training writes it next to {MODEL_NAME}) or copy the dataset's classes.json there"
         ) from None
 
 
@@ -367,17 +373,21 @@ class CoTrainer:
     Args:
         splits: aligned samples and ``train``/``val``/``test``/``unlabelled`` ids
             (:func:`tlk_components.data.cotraining.load_splits`).
-        networks: one classifier per view (``[network0, network1]``), on ``device``.
+        dataset: the images of ``splits.samples`` (:class:`TwoViewDataset` built with ``data=splits.samples``): the
+            engine draws each model's training set, the validation set and the unlabelled pool from its views.
+        networks: one classifier per view (``[network0, network1]``, e.g. ``network_def.view0`` and ``.view1`` of a
+            :class:`~tlk_components.networks.two_view.TwoViewClassifier`), on ``device``.
         optimizers: one optimizer per view.
         lr_schedulers: one ``ReduceLROnPlateau`` (or other scheduler) per view, stepped after each validation with
             the validation loss (``mode="min"``) or accuracy (``mode="max"``); None: constant learning rate.
         loss_function: default ``nn.CrossEntropyLoss()``.
-        preprocessing: path -> tensor ``C, H, W`` (a MONAI transform chain), one per view or one for both.
+        inferer: runs a view's network in training, validation and pool scoring (a MONAI ``Inferer``; default
+            ``SimpleInferer()``).
         augmentation: optional random transform of a training image tensor, one per view or one for both.
         device: where the networks run.
         mode: ``"cotraining"`` (default), ``"labelled_only"`` (baseline) or ``"all_labels"`` (fully supervised).
         iterations: co-training rounds, >= 1 (default 10).
-        epochs: maximum epochs per model per round, >= 1 (default 10).
+        max_epochs: maximum epochs per model per round, >= 1 (default 10).
         k: pseudo-labels each model picks per round, >= 1 and <= the initial pool (default 50).
         threshold: optional minimum confidence of a pick, in [0, 1] (default None).
         class_balance: at most ``k // C`` picks per predicted class (default False).
@@ -387,35 +397,37 @@ class CoTrainer:
             0 disables (default 5).
         iteration_patience: stop co-training after this many rounds without a better ensemble validation accuracy;
             0 disables (default 0).
-        ckpt_dir: folder of ``model_view0.pt``, ``model_view1.pt`` (best validation accuracy) and ``checkpoint_last.pt``.
+        ckpt_dir: folder of ``model_view0.pt``, ``model_view1.pt`` (best validation accuracy of each model),
+            ``model.pt`` (both, as the state dict of a ``TwoViewClassifier``), ``classes.json`` and
+            ``checkpoint_last.pt``.
         output_dir: folder of the log (JSON/CSV), the PNG and TensorBoard event files.
         resume: continue from ``checkpoint_last.pt`` when it exists (default True).
         amp: mixed precision on CUDA (ignored on CPU).
         seed: seed of the training data order.
         progress: show ignite progress bars.
         distributed: shard training batches with a ``DistributedSampler`` (under torchrun).
-        cache: keep all images in memory (default True).
 
     Raises:
-        ConfigError: bad hyperparameters, ``k`` larger than the unlabelled pool, an empty validation split, or a
-            labelled sample set that is empty.
+        ConfigError: bad hyperparameters, ``k`` larger than the unlabelled pool, an empty validation split, a
+            ``dataset`` that is not the images of ``splits.samples``, or a labelled sample set that is empty.
     """
 
     def __init__(
         self,
         splits: TwoViewSplits,
+        dataset: TwoViewDataset,
         networks: Sequence[nn.Module],
         optimizers: Sequence[torch.optim.Optimizer],
         ckpt_dir: str | os.PathLike,
         output_dir: str | os.PathLike,
-        preprocessing: Callable | Sequence[Callable],
         lr_schedulers: Sequence[Any] | Any | None = None,
         loss_function: Callable | None = None,
+        inferer: Callable | None = None,
         augmentation: Callable | Sequence[Callable | None] | None = None,
         device: torch.device | str = "cpu",
         mode: str = "cotraining",
         iterations: int = 10,
-        epochs: int = 10,
+        max_epochs: int = 10,
         k: int = 50,
         threshold: float | None = None,
         class_balance: bool = False,
@@ -428,8 +440,9 @@ class CoTrainer:
         seed: int = 0,
         progress: bool = True,
         distributed: bool = False,
-        cache: bool = True,
     ) -> None:
+        from monai.inferers import SimpleInferer
+
         if not isinstance(splits, TwoViewSplits):
             raise ConfigError(
                 "splits: expected TwoViewSplits (from tlk_components.data.cotraining.load_splits), "
@@ -437,6 +450,7 @@ class CoTrainer:
             )
         self.splits = splits
         self.samples: TwoViewSamples = splits.samples
+        self.dataset = _check_dataset(dataset, self.samples)
         self.networks = _pair("networks", networks)
         self.optimizers = _pair("optimizers", optimizers)
         if self.networks[0] is self.networks[1] or self.optimizers[0] is self.optimizers[1]:
@@ -445,12 +459,12 @@ class CoTrainer:
             )
         self.lr_schedulers = _pair("lr_schedulers", lr_schedulers, allow_none=True)
         self.loss_function = loss_function if loss_function is not None else nn.CrossEntropyLoss()
-        self.preprocessing = _pair("preprocessing", preprocessing)
+        self.inferer = inferer if inferer is not None else SimpleInferer()
         self.augmentation = _pair("augmentation", augmentation, allow_none=True)
         self.device = torch.device(device)
         self.mode = look_up_option("mode", mode, MODES)
         self.iterations = check_positive_int("iterations", iterations)
-        self.epochs = check_positive_int("epochs", epochs)
+        self.max_epochs = check_positive_int("max_epochs", max_epochs)
         self.k = check_positive_int("k", k)
         self.threshold = None if threshold is None else check_probability("threshold", threshold)
         self.class_balance = bool(class_balance)
@@ -464,7 +478,6 @@ class CoTrainer:
         self.seed = int(seed)
         self.progress = bool(progress)
         self.distributed = bool(distributed)
-        self.cache = bool(cache)
         if len(splits.val) == 0:
             raise ConfigError("the validation split is empty; raise val_fraction (or use more samples)")
         pool = len(splits.unlabelled)
@@ -490,7 +503,6 @@ class CoTrainer:
             # value (that one already holds the current epoch's accuracy, so nothing would ever be saved)
             saver.best = float("-inf")
         self.history: list[dict[str, Any]] = []
-        self._images: list[ViewImages] | None = None
         self._writer: Any = None
         self._global_epoch = [0, 0]
 
@@ -564,16 +576,23 @@ class CoTrainer:
 
     @property
     def images(self) -> list[ViewImages]:
-        if self._images is None:
-            self._images = [ViewImages(self.samples.paths(v), self.preprocessing[v], self.cache) for v in (0, 1)]
-        return self._images
+        """The images of view 0 and view 1 (``dataset.views``)."""
+        return self.dataset.views
+
+    def _write_model(self) -> None:
+        """``model.pt``: both best models as the state dict of a ``TwoViewClassifier``, written atomically (rank 0)."""
+        paths = [self.ckpt_dir / model_filename(v) for v in (0, 1)]
+        if not _is_rank0() or not all(p.is_file() for p in paths):
+            return
+        states = [load_weights(p) for p in paths]
+        atomic_torch_save(two_view_state_dict(states[0], states[1]), self.ckpt_dir / MODEL_NAME)
 
     def _scalar(self, tag: str, value: float | None, step: int) -> None:
         if self._writer is not None and value is not None:
             self._writer.add_scalar(tag, value, step)
 
     def _train_view(self, v: int, iteration: int) -> dict[str, Any]:
-        """Up to ``epochs`` epochs of model ``v`` on its training set, validating after each epoch."""
+        """Up to ``max_epochs`` epochs of model ``v`` on its training set, validating after each epoch."""
         from ignite.handlers import ProgressBar
         from monai.engines import SupervisedEvaluator, SupervisedTrainer
         from monai.handlers import EarlyStopHandler, LrScheduleHandler, ValidationHandler
@@ -604,6 +623,7 @@ class CoTrainer:
             device=self.device,
             val_data_loader=val_loader,
             network=unwrap_model(net),
+            inferer=self.inferer,
             amp=self.amp,
             decollate=False,
             key_val_metric={"val_accuracy": Accuracy(output_transform=pred_label)},
@@ -611,11 +631,12 @@ class CoTrainer:
         )
         trainer = SupervisedTrainer(
             device=self.device,
-            max_epochs=self.epochs,
+            max_epochs=self.max_epochs,
             train_data_loader=loader,
             network=net,
             optimizer=opt,
             loss_function=self.loss_function,
+            inferer=self.inferer,
             amp=self.amp,
             decollate=False,
         )
@@ -663,8 +684,8 @@ class CoTrainer:
             logger.info(
                 f"unlabelled pool ({len(self.pool)}) is smaller than k={self.k}; this round picks {k} per model"
             )
-        p0 = predict_proba(self.networks[0], self.images[0], self.pool, self.device)
-        p1 = predict_proba(self.networks[1], self.images[1], self.pool, self.device)
+        p0 = predict_proba(self.networks[0], self.images[0], self.pool, self.device, inferer=self.inferer)
+        p1 = predict_proba(self.networks[1], self.images[1], self.pool, self.device, inferer=self.inferer)
         r = exchange_pseudo_labels(self.pool, p0, p1, k, self.threshold, self.class_balance)
         truth = self.samples.labels
         adds = ((0, r.to_view0_ids, r.to_view0_labels), (1, r.to_view1_ids, r.to_view1_labels))
@@ -703,6 +724,7 @@ class CoTrainer:
             logger.info(f"resumed from {self.last_path} after iteration {self.start_iteration}")
             if self.finished or self.start_iteration >= self.iterations:
                 logger.info("co-training already finished; delete checkpoint_last.pt (or --resume false) to redo it")
+                self._write_model()  # a run trained before model.pt existed gets it from model_view0/1.pt
                 return self.history
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -714,7 +736,7 @@ class CoTrainer:
             self._writer = SummaryWriter(log_dir=str(self.output_dir / "tensorboard"))
         logger.info(
             f"{self.mode}: train {len(self.train_ids[0])}, val {len(self.splits.val)}, "
-            f"unlabelled pool {len(self.pool)}, {self.iterations} iterations x {self.epochs} epochs, k={self.k}"
+            f"unlabelled pool {len(self.pool)}, {self.iterations} iterations x {self.max_epochs} epochs, k={self.k}"
         )
         try:
             for it in range(self.start_iteration, self.iterations):
@@ -733,11 +755,14 @@ class CoTrainer:
                     info = self._train_view(v, it)
                     row[f"epochs_view{v}"], row[f"lr_view{v}"] = info["epochs"], info["lr"]
                 val = self.splits.val
-                probs = [predict_proba(self.networks[v], self.images[v], val, self.device) for v in (0, 1)]
+                probs = [
+                    predict_proba(self.networks[v], self.images[v], val, self.device, inferer=self.inferer)
+                    for v in (0, 1)
+                ]
                 truth = self.samples.labels[val]
                 for v in (0, 1):
                     row[f"val_accuracy_view{v}"] = _accuracy(probs[v].argmax(1).numpy(), truth)
-                ens = _accuracy((probs[0] + probs[1]).argmax(1).numpy(), truth)
+                ens = _accuracy(ensemble_probabilities(probs[0], probs[1]).argmax(1).numpy(), truth)
                 row["val_accuracy_ensemble"] = ens
                 last = it == self.iterations - 1
                 stop_reason = None
@@ -776,6 +801,7 @@ class CoTrainer:
                 )
                 self.start_iteration = it + 1
                 self.finished = stop_reason is not None
+                self._write_model()
                 if _is_rank0():
                     atomic_torch_save(self.state_dict(), self.last_path)
                 self._write_log()
@@ -792,19 +818,64 @@ class CoTrainer:
 # --------------------------------------------------------------------------------------------- evaluation
 
 
-def _load_models(networks: Sequence[nn.Module], ckpt_dir: str | os.PathLike, device: torch.device) -> None:
-    for v, net in enumerate(networks):
-        path = Path(ckpt_dir) / model_filename(v)
-        state = load_weights(path, map_location=device)
-        try:
-            unwrap_model(net).load_state_dict(state)
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
-            raise ConfigError(
-                f"{path} does not fit the view-{v} network ({first}); the config's network (view{v}_network, "
-                "num_classes) must match the trained one: set num_classes to the number of classes in classes.json"
-            ) from None
-        net.eval()
+def _check_dataset(dataset: Any, samples: TwoViewSamples) -> TwoViewDataset:
+    """``dataset`` is a :class:`TwoViewDataset` of exactly ``samples`` (so split ids index the right images)."""
+    if not isinstance(dataset, TwoViewDataset):
+        raise ConfigError(
+            "dataset: expected a TwoViewDataset of splits.samples "
+            f"(tlk_components.engines.cotraining.TwoViewDataset, data=$@splits.samples), got {type(dataset).__name__}"
+        )
+    if dataset.view0 != samples.view0 or dataset.view1 != samples.view1:
+        raise ConfigError(
+            f"dataset: its {len(dataset)} view pairs are not the {len(samples)} samples of splits; build it with "
+            "data=$@splits.samples so the split ids index the right images"
+        )
+    return dataset
+
+
+def _two_view_network(network: Any) -> TwoViewClassifier:
+    """The ``TwoViewClassifier`` inside ``network`` (DDP wrappers removed), or a ConfigError naming the fix."""
+    net = unwrap_model(network)
+    if not isinstance(net, TwoViewClassifier):
+        raise ConfigError(
+            "network: expected the bundle's network_def, a tlk_components.networks.two_view.TwoViewClassifier "
+            f"holding both view networks, got {type(net).__name__}"
+        )
+    return net
+
+
+def _load_model(network: TwoViewClassifier, ckpt_dir: str | os.PathLike, device: torch.device) -> None:
+    """Load ``<ckpt_dir>/model.pt`` (weights only) into the two-view network and switch it to eval mode."""
+    path = Path(ckpt_dir) / MODEL_NAME
+    state = load_weights(path, map_location=device)
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"{path} does not fit the two-view network ({first}); the config's network_def (view0_network, "
+            "view1_network, num_classes) must match the trained one: set num_classes to the number of classes in "
+            "classes.json"
+        ) from None
+    network.eval()
+
+
+@torch.no_grad()
+def _view_probabilities(
+    network: TwoViewClassifier,
+    dataset: Dataset,
+    inferer: Callable,
+    device: torch.device,
+    batch_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax probabilities of each view's model on every item of ``dataset`` (stacked views), on CPU."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    out0, out1 = [], []
+    for batch in loader:
+        p0, p1 = inferer(batch["image"].to(device), network.view_probabilities)
+        out0.append(p0.cpu())
+        out1.append(p1.cpu())
+    return torch.cat(out0), torch.cat(out1)
 
 
 def _per_class(pred: np.ndarray, truth: np.ndarray, n: int) -> list[float | None]:
@@ -814,6 +885,11 @@ def _per_class(pred: np.ndarray, truth: np.ndarray, n: int) -> list[float | None
 class CoTrainingEvaluator:
     """Test accuracy of both models and their ensemble, per-class accuracy, confusion matrix and plots.
 
+    Loads ``<ckpt_dir>/model.pt`` into ``network`` (a
+    :class:`~tlk_components.networks.two_view.TwoViewClassifier`), runs it through ``inferer`` on the split's
+    items of ``dataset`` (both views stacked as channels) and scores each view's model and the ensemble (the mean
+    of their softmax probabilities, ``network``'s output).
+
     Writes ``<output_dir>/metrics.json`` with ``test_accuracy_view0``, ``test_accuracy_view1``,
     ``test_accuracy_ensemble``, ``per_class_accuracy`` (per model and ensemble), ``confusion_matrix_ensemble`` and
     ``n_test``; ``per_class_accuracy.png``; and redraws ``cotraining_accuracy.png`` from the training log when the
@@ -821,52 +897,64 @@ class CoTrainingEvaluator:
 
     Args:
         splits: as for :class:`CoTrainer`.
-        networks: the two classifiers (architecture as trained).
-        preprocessing: path -> tensor, one per view or shared.
-        ckpt_dir: folder of ``model_view0.pt`` and ``model_view1.pt``.
+        dataset: :class:`TwoViewDataset` of ``splits.samples``.
+        network: the two-view network (architecture as trained; a DDP wrapper is removed).
+        ckpt_dir: folder of ``model.pt``.
         output_dir: where the files go.
+        inferer: runs the network (a MONAI ``Inferer``; default ``SimpleInferer()``).
         split: ``"test"`` (default) or ``"val"``.
-        device: where the networks run.
+        device: where the network runs.
         keys: metric names that must be present (metadata ``eval_metrics``).
         filename: name of the metrics file (default ``metrics.json``).
+        batch_size: samples per forward pass, >= 1 (default 256).
+
+    Raises:
+        ConfigError: a ``dataset`` of other samples, a ``network`` that is not a ``TwoViewClassifier``, an empty
+            split or a bad ``split``/``batch_size``.
     """
 
     def __init__(
         self,
         splits: TwoViewSplits,
-        networks: Sequence[nn.Module],
-        preprocessing: Callable | Sequence[Callable],
+        dataset: TwoViewDataset,
+        network: nn.Module,
         ckpt_dir: str | os.PathLike,
         output_dir: str | os.PathLike,
+        inferer: Callable | None = None,
         split: str = "test",
         device: torch.device | str = "cpu",
         keys: Sequence[str] | None = None,
         filename: str = "metrics.json",
+        batch_size: int = 256,
     ) -> None:
+        from monai.inferers import SimpleInferer
+
         self.filename = str(filename)
-        self.splits, self.networks = splits, _pair("networks", networks)
-        self.preprocessing = _pair("preprocessing", preprocessing)
+        self.splits = splits
+        self.dataset = _check_dataset(dataset, splits.samples)
+        self.network = _two_view_network(network)
+        self.inferer = inferer if inferer is not None else SimpleInferer()
         self.ckpt_dir, self.output_dir = Path(ckpt_dir), Path(output_dir)
         self.split = look_up_option("split", split, ("test", "val"))
         self.device = torch.device(device)
         self.keys = list(keys) if keys is not None else None
+        self.batch_size = check_positive_int("batch_size", batch_size)
         if len(getattr(splits, self.split)) == 0:
             raise ConfigError(f"the {self.split} split is empty; raise test_fraction (or use more samples)")
 
     def run(self) -> dict[str, Any]:
         """Evaluate and write the files; returns the metrics."""
-        _load_models(self.networks, self.ckpt_dir, self.device)
+        _load_model(self.network, self.ckpt_dir, self.device)
         s = self.splits.samples
         ids = getattr(self.splits, self.split)
         truth = s.labels[ids]
-        probs = [
-            predict_proba(self.networks[v], ViewImages(s.paths(v), self.preprocessing[v]), ids, self.device)
-            for v in (0, 1)
-        ]
+        p0, p1 = _view_probabilities(
+            self.network, Subset(self.dataset, ids.tolist()), self.inferer, self.device, self.batch_size
+        )
         preds = {
-            "view0": probs[0].argmax(1).numpy(),
-            "view1": probs[1].argmax(1).numpy(),
-            "ensemble": (probs[0] + probs[1]).argmax(1).numpy(),
+            "view0": p0.argmax(1).numpy(),
+            "view1": p1.argmax(1).numpy(),
+            "ensemble": ensemble_probabilities(p0, p1).argmax(1).numpy(),
         }
         from sklearn.metrics import confusion_matrix
 
@@ -901,76 +989,96 @@ class CoTrainingEvaluator:
 
 
 class CoTrainingPredictor:
-    """Predictions of both models and the ensemble for a CSV of view pairs, written as a CSV.
+    """Predictions of both models and the ensemble for view pairs, written as a CSV: the inference engine.
 
-    Input CSV: header ``view0,view1[,label]`` (paths relative to the CSV). Output CSV columns: ``view0, view1,
-    pred_view0, pred_view1, pred, confidence`` (``pred`` = ensemble class name, ``confidence`` = its mean
-    probability), plus ``label`` when the input has one.
+    Loads ``<ckpt_dir>/model.pt`` into ``network`` (a :class:`~tlk_components.networks.two_view.TwoViewClassifier`)
+    and runs it through ``inferer`` on every item of ``dataset`` (both views stacked as channels). Output CSV
+    columns: ``view0, view1, pred_view0, pred_view1, pred, confidence`` (``pred`` = ensemble class name,
+    ``confidence`` = its probability, the mean of the two models' softmax outputs: ``network``'s output), plus
+    ``label`` when the input has one. Paths are written relative to the input CSV's folder.
 
     Args:
-        input_csv: the view pairs.
+        dataset: the view pairs: a :class:`TwoViewDataset` built from ``<input_dir>/samples.csv``
+            (header ``view0,view1[,label]``).
         output_csv: where predictions go (written atomically).
-        networks: the two classifiers.
-        preprocessing: path -> tensor, one per view or shared.
-        ckpt_dir: folder of ``model_view0.pt`` and ``model_view1.pt``.
+        network: the two-view network (a DDP wrapper is removed).
+        ckpt_dir: folder of ``model.pt`` and ``classes.json``.
+        inferer: runs the network (a MONAI ``Inferer``; default ``SimpleInferer()``).
         class_names: class name per index; default: ``<ckpt_dir>/classes.json`` written by training, read when
-            :meth:`run` starts (so the networks can be built, e.g. by ``tlk verify``, before any training).
-        device: where the networks run.
+            :meth:`run` starts (so the network can be built, e.g. by ``tlk verify``, before any training).
+        device: where the network runs.
+        batch_size: samples per forward pass, >= 1 (default 256).
+
+    Raises:
+        ConfigError: ``dataset`` is not a ``TwoViewDataset``, ``network`` not a ``TwoViewClassifier``, or a bad
+            ``batch_size``.
     """
 
     def __init__(
         self,
-        input_csv: str | os.PathLike,
+        dataset: TwoViewDataset,
         output_csv: str | os.PathLike,
-        networks: Sequence[nn.Module],
-        preprocessing: Callable | Sequence[Callable],
+        network: nn.Module,
         ckpt_dir: str | os.PathLike,
+        inferer: Callable | None = None,
         class_names: Sequence[str] | None = None,
         device: torch.device | str = "cpu",
+        batch_size: int = 256,
     ) -> None:
-        self.input_csv, self.output_csv = Path(input_csv), Path(output_csv)
-        self.networks, self.preprocessing = _pair("networks", networks), _pair("preprocessing", preprocessing)
+        from monai.inferers import SimpleInferer
+
+        if not isinstance(dataset, TwoViewDataset):
+            raise ConfigError(
+                "dataset: expected a TwoViewDataset of the view pairs (tlk_components.engines.cotraining."
+                f"TwoViewDataset, data=<input_dir>/samples.csv), got {type(dataset).__name__}"
+            )
+        self.dataset, self.output_csv = dataset, Path(output_csv)
+        self.network = _two_view_network(network)
+        self.inferer = inferer if inferer is not None else SimpleInferer()
         self.ckpt_dir, self.device = Path(ckpt_dir), torch.device(device)
         self.class_names = list(class_names) if class_names is not None else None
+        self.batch_size = check_positive_int("batch_size", batch_size)
 
     def run(self) -> Path:
-        """Predict every row; returns the output path."""
-        v0, v1, labels = read_pairs_csv(self.input_csv)
-        missing = [p for p in v0 + v1 if not os.path.isfile(p)]
-        if missing:
-            raise DatasetError(f"{self.input_csv}: {len(missing)} image file(s) missing", missing)
-        _load_models(self.networks, self.ckpt_dir, self.device)
+        """Predict every pair; returns the output path.
+
+        Raises:
+            DatasetError: the dataset is empty, or ``model.pt`` / ``classes.json`` are missing or unreadable.
+            ConfigError: ``model.pt`` does not fit the network, or its class count differs from the class map.
+        """
+        ds = self.dataset
+        if len(ds) == 0:
+            raise DatasetError(f"{ds.root or 'dataset'}: no view pairs to predict")
+        _load_model(self.network, self.ckpt_dir, self.device)
         names = self.class_names if self.class_names is not None else read_class_names(self.ckpt_dir)
-        ids = np.arange(len(v0))
-        probs = [
-            predict_proba(self.networks[v], ViewImages(paths, self.preprocessing[v]), ids, self.device)
-            for v, paths in enumerate((v0, v1))
-        ]
-        if probs[0].shape[1] != len(names):
+        p0, p1 = _view_probabilities(self.network, ds, self.inferer, self.device, self.batch_size)
+        if p0.shape[1] != len(names):
             raise ConfigError(
-                f"the networks predict {probs[0].shape[1]} classes but the class map has {len(names)} "
+                f"the network predicts {p0.shape[1]} classes but the class map has {len(names)} "
                 f"({self.ckpt_dir / 'classes.json'} or class_names); set num_classes to {len(names)} (as trained)"
             )
-        ens = (probs[0] + probs[1]) / 2
-        conf, pred = ens.max(1)
-        has_label = any(labels)
+        conf, pred = ensemble_probabilities(p0, p1).max(1)
+        has_label = any(ds.raw_labels)
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(
             ["view0", "view1", "pred_view0", "pred_view1", "pred", "confidence"] + (["label"] if has_label else [])
         )
-        base = self.input_csv.parent
-        for i in range(len(v0)):
+
+        def rel(path: str) -> str:
+            return os.path.relpath(path, ds.root) if ds.root is not None else path
+
+        for i in range(len(ds)):
             row = [
-                os.path.relpath(v0[i], base),
-                os.path.relpath(v1[i], base),
-                names[int(probs[0][i].argmax())],
-                names[int(probs[1][i].argmax())],
+                rel(ds.view0[i]),
+                rel(ds.view1[i]),
+                names[int(p0[i].argmax())],
+                names[int(p1[i].argmax())],
                 names[int(pred[i])],
                 f"{float(conf[i]):.4f}",
             ]
-            w.writerow(row + ([labels[i]] if has_label else []))
+            w.writerow(row + ([ds.raw_labels[i]] if has_label else []))
         if _is_rank0():
             atomic_write_text(self.output_csv, buf.getvalue())
-        logger.info(f"wrote {len(v0)} predictions to {self.output_csv}")
+        logger.info(f"wrote {len(ds)} predictions to {self.output_csv}")
         return self.output_csv

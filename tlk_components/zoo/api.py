@@ -89,10 +89,8 @@ def _config_file(path: Path, workflow_type: str) -> Path:
     return cfg
 
 
-def _build_network(path: Path, cfg: Path, net_id: str) -> Any:
-    """Instantiate only ``net_id`` of ``cfg`` (its dependencies, nothing else) with ``bundle_root`` = ``path``."""
-    from monai.bundle import ConfigParser
-
+def _require_net_id(cfg: Path, net_id: str) -> None:
+    """Raise unless ``cfg`` is a JSON object that defines ``net_id`` (names the ids it does define)."""
     try:
         raw = json.loads(cfg.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -100,6 +98,12 @@ def _build_network(path: Path, cfg: Path, net_id: str) -> Any:
     if not isinstance(raw, dict) or net_id not in raw:
         ids = sorted(k for k in raw if str(k).startswith("network_def")) if isinstance(raw, dict) else []
         raise BundleLoadError(f"{cfg}: no {net_id!r}; this config defines {ids or 'no network_def'} (pass net_id=)")
+
+
+def _build_network(path: Path, cfg: Path, net_id: str) -> Any:
+    """Instantiate only ``net_id`` of ``cfg`` (its dependencies, nothing else) with ``bundle_root`` = ``path``."""
+    from monai.bundle import ConfigParser
+
     parser = ConfigParser()
     parser.read_config(str(cfg))
     meta = path / "configs" / "metadata.json"
@@ -189,22 +193,24 @@ def load(
             f"{path} holds {name} {have_version}, not {version}; pass index= to download {version}, or leave out "
             "version= to use this copy"
         )
+    cfg = _config_file(path, workflow_type)
+    _require_net_id(cfg, net_id)
     weights = path / weights_rel
     if not weights.is_file():
-        listed = weight_files(path)
         raise BundleLoadError(
-            f"{path.name} is untrained: {weights} does not exist (the bundle needs {sorted(listed.values())}). Train "
-            f"it (python -m monai.bundle run --config_file {path / 'configs' / 'train.json'}), download a trained "
-            "release, or fetch its weights (tlk download_large_files)"
+            f"{path.name} is untrained: {weights} does not exist (the bundle needs "
+            f"{sorted(weight_files(path).values())}). Train it (python -m monai.bundle run --config_file "
+            f"{path / 'configs' / 'train.json'}), download a trained release, or fetch its weights "
+            "(tlk download_large_files)"
         )
-    net = _build_network(path, _config_file(path, workflow_type), net_id)
+    net = _build_network(path, cfg, net_id)
     state = load_weights(weights, map_location=device)
     try:
         net.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as e:
         raise BundleLoadError(
-            f"{weights} does not fit {net_id} of configs/{_config_file(path, workflow_type).name}: "
-            f"{str(e).splitlines()[0][:300]}; retrain the bundle or fix the config"
+            f"{weights} does not fit {net_id} of configs/{cfg.name}: {str(e).splitlines()[0][:300]}; retrain the "
+            "bundle or fix the config"
         ) from None
     return net.to(device).eval()
 

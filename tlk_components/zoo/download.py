@@ -261,8 +261,8 @@ def release_tuple(version: str) -> tuple[int, int, int] | None:
     m = re.match(r"^\s*v?(\d+(?:\.\d+)*)", str(version))
     if m is None:
         return None
-    parts = [int(p) for p in m.group(1).split(".")][:3]
-    return (parts + [0, 0])[:3]  # type: ignore[return-value]
+    major, minor, patch = ([int(p) for p in m.group(1).split(".")] + [0, 0])[:3]
+    return (major, minor, patch)
 
 
 def version_compatible(recorded: str, installed: str) -> bool | None:
@@ -302,7 +302,7 @@ def requirement_problems(entry: dict[str, Any], installed: dict[str, str] | None
             continue
         need_t, have_t = release_tuple(need), release_tuple(have)
         if need_t is not None and have_t is not None and need_t[0] != have_t[0]:
-            out.append(f"needs {label} {need}: major version {need_t[0]}, installed {_plain(have)}")
+            out.append(f"needs {label} {need}, another major version")
         else:
             out.append(f"needs {label} {need}")
     return out
@@ -506,7 +506,11 @@ def _index_rows(data: dict[str, Any], url: str) -> list[dict[str, Any]]:
 
 
 def format_index_info(rows: list[dict[str, Any]], url: str) -> str:
-    """Text of :func:`index_info` rows: one line per bundle, versions newest first, ``*`` on the default pick."""
+    """Text of :func:`index_info` rows: one line per bundle, versions newest first, ``*`` on the default pick.
+
+    ``?`` marks a requirement the index does not record; the ``*`` then assumes it is met (``download`` reads it
+    from the zip and may skip that version).
+    """
     if not rows:
         return f"index {url} lists no bundles"
     inst = installed_versions()

@@ -21,9 +21,9 @@ Index entry (MONAI's ``model_info.json`` keys ``source``/``checksum`` kept, with
 Weights are first-class: a bundle without its trained weights (``models/model.pt``, or ``models/model_<name>.pt``
 for each ``network_def_<name>`` of a multi-network bundle) is refused unless ``allow_untrained=True``
 (``--allow-untrained``), and then its entry says ``"untrained": true`` (``weights_sha256`` null; ``weights`` lists
-the weight files that are there). A weight file may instead be listed in ``large_files.yml`` with a ``hash_val``
-(the zip then stays small and ``download`` fetches it; ``weights`` records that hash). A ``large_files.yml`` must
-parse, and a listed file that is present must match its ``hash_val``.
+the weight files that are there). Weights kept out of git are fetched first with ``tlk download_large_files``
+(``large_files.yml``); verification (the ``weights`` check) refuses a listed file that is absent or differs from
+its ``hash_val``.
 
 Determinism: entries sorted by path, fixed timestamp (1980-01-01 00:00:00), fixed permissions (0644 files, 0755
 folders), Unix "created by" system, DEFLATE at a fixed level, no extra fields — the same inputs give the same
@@ -49,7 +49,6 @@ from typing import Any
 
 from tlk_components.utils.errors import TLKError
 from tlk_components.utils.io import atomic_write_json
-from tlk_components.zoo.large_files import LargeFilesError, check_large_files, read_large_files
 from tlk_components.zoo.registry import find_bundle
 from tlk_components.zoo.verify import STATIC_CHECKS, verify_bundle
 
@@ -127,10 +126,6 @@ def weight_files(bundle_dir: str | os.PathLike) -> dict[str, str]:
         else []
     )
     return {i: f"models/model{i[len('network_def') :]}.pt" for i in ids or ["network_def"]}
-
-
-def _sha256_or_none(digest: str | None) -> str | None:
-    return digest if digest is not None and len(digest) == 64 and ":" not in digest else None
 
 
 def _zip_info(name: str, is_dir: bool = False) -> zipfile.ZipInfo:
@@ -236,39 +231,25 @@ def package_bundle(
 
     Raises:
         PackageError: verification failed (lists the fixes), no trained weights (says how to train, or to pass
-            ``--allow-untrained``), a bad ``large_files.yml`` or a large file not matching its hash, or the
-            version was released with other contents.
+            ``--allow-untrained``), or the version was released with other contents.
         ConfigError: unknown bundle (lists the known ones).
     """
     path = find_bundle(bundle)
     report = verify_bundle(path, checks=None if full_verify else STATIC_CHECKS)
     problems = [] if report.ok else [f"verification failed\n{report.summary()}"]
-    problems += check_large_files(path, require_present=False)  # each line names the list file or the path
     weights = weight_files(path)
-    try:
-        listed = {lf.path: lf for lf in read_large_files(path) if lf.hash_val is not None}
-    except LargeFilesError:
-        listed = {}  # reported above
-    digests: dict[str, str] = {}
-    missing = []
-    for rel in weights.values():
-        if (path / rel).is_file():
-            digests[rel] = sha256_file(path / rel)
-        elif rel in listed:  # fetched from large_files.yml (hash-checked) when the release is downloaded
-            lf = listed[rel]
-            digests[rel] = lf.hash_val if lf.hash_type == "sha256" else f"{lf.hash_type}:{lf.hash_val}"
-        else:
-            missing.append(rel)
+    missing = [rel for rel in weights.values() if not (path / rel).is_file()]
     if missing and not allow_untrained:
         problems.append(
-            f"no trained weights: {', '.join(str(path / rel) for rel in missing)} missing (and not in "
-            f"large_files.yml with a hash_val). Train it first (python -m monai.bundle run --config_file "
-            f"{path / 'configs' / 'train.json'}; its docs/README.md says which data), or pass --allow-untrained "
-            "(allow_untrained=True) for a config-only release"
+            f"no trained weights: {', '.join(str(path / rel) for rel in missing)} missing. Train it first "
+            f"(python -m monai.bundle run --config_file {path / 'configs' / 'train.json'}; its docs/README.md says "
+            "which data) or fetch them (tlk download_large_files), or pass --allow-untrained (allow_untrained=True) "
+            "for a config-only release"
         )
     if problems:
         raise PackageError(f"refusing to package {path.name}: " + "\n".join(problems))
     untrained = bool(missing)
+    digests = {rel: sha256_file(path / rel) for rel in weights.values() if (path / rel).is_file()}
     meta = json.loads((path / "configs" / "metadata.json").read_text(encoding="utf-8"))
     name, version = path.name, meta["version"]
     key = f"{name}_v{version}"
@@ -309,7 +290,7 @@ def package_bundle(
                 "monai_version": str(meta.get("monai_version", "")),
                 "pytorch_version": str(meta.get("pytorch_version", "")),
                 "untrained": untrained,
-                "weights_sha256": None if untrained else _sha256_or_none(digests.get("models/model.pt")),
+                "weights_sha256": None if untrained else digests.get("models/model.pt"),
                 "weights": digests,
             }
             index[key] = entry

@@ -101,8 +101,10 @@ def test_resume_continues_after_last_iteration(tiny, tmp_path):
     hist = again.run()
     assert len(hist) == 2 and hist[0] == json.loads(json.dumps(first[0]))
     assert len(again.pool) == hist[1]["pool_size"]
-    # a finished run is not redone
+    # a finished run is not redone; one trained before model.pt existed gets it from model_view0/1.pt
+    (tmp_path / "models" / "model.pt").unlink()
     assert len(_trainer(splits, tmp_path, iterations=2).run()) == 2
+    assert set(load_weights(tmp_path / "models" / "model.pt")) == set(_two_view().state_dict())
 
 
 def test_empty_pool_stops_cleanly(tiny, tmp_path):

@@ -91,3 +91,17 @@ def test_train_package_serve_download_infer(tmp_path, monkeypatch):
     trained = torch.load(original / "models" / "model.pt", weights_only=True)
     assert not net.training and all(torch.equal(v, trained[k]) for k, v in net.state_dict().items())
     assert list(api_cwd.iterdir()) == []
+
+    # MONAI's own loader too: monai.bundle.load builds the network from train.json (running its initialize);
+    # whatever it writes stays inside the downloaded bundle, never in the caller's directory or elsewhere
+    import monai.bundle
+
+    def outside_fresh() -> set[Path]:
+        return {p for p in tmp_path.rglob("*") if tmp_path / "fresh" not in p.parents}
+
+    before_load = outside_fresh()
+    monkeypatch.setattr(sys, "argv", ["python"])  # no --config_file: the bundle root must come from the workflow
+    with pytest.warns(UserWarning):  # MONAI's warning that a bundle's configs run code stays visible
+        mnet = monai.bundle.load(BUNDLE, bundle_dir=str(tmp_path / "fresh"), device="cpu")
+    assert all(torch.equal(v, trained[k]) for k, v in mnet.state_dict().items())
+    assert list(api_cwd.iterdir()) == [] and outside_fresh() == before_load

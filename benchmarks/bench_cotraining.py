@@ -8,6 +8,11 @@ For each seed (a different split and network initialisation) three runs of the s
 * ``cotraining``: the same plus pseudo-label exchange over the unlabelled 75 %;
 * ``all_labels``: fully supervised, the unlabelled pool with its true labels added (the ceiling).
 
+The benchmark hides labels itself (``--hide_fraction``, default 0.75, the source notebook's setting): it writes the
+digits with every label (``write_demo(..., hidden_fraction=0)``) and, per seed, hides that share of the labelled
+rows in the unlabelled pool (``load_splits(unlabelled_fraction=...)``, seeded with ``split_seed``). The bundle
+itself never hides a user's labels: its pool is the rows with an empty label.
+
 Each is scored on the test split by the bundle's own ``validate#evaluator``
 (:class:`~tlk_components.engines.cotraining.CoTrainingEvaluator` on ``models/model.pt``: the best checkpoint per
 model, ensemble = mean of the two softmax outputs). Reported: test accuracy of the ensemble and of
@@ -49,8 +54,11 @@ BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "cotraining_classific
 MODES = ("labelled_only", "cotraining", "all_labels")
 
 
-def _config(dataset_dir: Path, out: Path, mode: str, seed: int, overrides: dict[str, Any]) -> ConfigParser:
-    """The bundle's own train.json, with paths, mode and seed overridden (so the benchmark measures the bundle)."""
+def _config(
+    dataset_dir: Path, out: Path, mode: str, seed: int, overrides: dict[str, Any], hide_fraction: float = 0.75
+) -> ConfigParser:
+    """The bundle's own train.json, with paths, mode and seed overridden (so the benchmark measures the bundle), and
+    ``hide_fraction`` of the labelled rows hidden in the unlabelled pool."""
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "train.json"))
     parser.update(
@@ -62,6 +70,9 @@ def _config(dataset_dir: Path, out: Path, mode: str, seed: int, overrides: dict[
             "mode": mode,
             "seed": seed,
             "split_seed": 13 + seed,
+            "splits": "$tlk_components.data.cotraining.load_splits(@dataset_dir, "
+            f"unlabelled_fraction={float(hide_fraction)}, test_fraction=@test_fraction, val_fraction=@val_fraction, "
+            "seed=@split_seed)",
             "resume": False,
             "device": "$torch.device('cpu')",
             "train#trainer#progress": False,
@@ -73,10 +84,12 @@ def _config(dataset_dir: Path, out: Path, mode: str, seed: int, overrides: dict[
     return parser
 
 
-def run_mode(dataset_dir: Path, out: Path, mode: str, seed: int, overrides: dict[str, Any]) -> dict[str, Any]:
+def run_mode(
+    dataset_dir: Path, out: Path, mode: str, seed: int, overrides: dict[str, Any], hide_fraction: float = 0.75
+) -> dict[str, Any]:
     """Train in ``mode`` and evaluate on the test split; returns test accuracies, pseudo-label stats and time."""
     shutil.rmtree(out, ignore_errors=True)
-    parser = _config(dataset_dir, out, mode, seed, overrides)
+    parser = _config(dataset_dir, out, mode, seed, overrides, hide_fraction)
     set_determinism(seed=seed)
     trainer: CoTrainer = parser.get_parsed_content("train#trainer")
     t0 = time.perf_counter()
@@ -108,21 +121,24 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/bench_cotraining", help="scratch folder")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--override", default="{}", help="JSON of config overrides, e.g. '{\"k\": 40}'")
+    ap.add_argument(
+        "--hide_fraction", type=float, default=0.75, help="share of the labelled digits hidden in the unlabelled pool"
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("ignite.handlers.early_stopping.EarlyStopping").setLevel(logging.WARNING)
     configure_threads(0)
     out = Path(args.out)
-    data = out / "data"
+    data = out / "data_all_labels"
     if not (data / "samples.csv").is_file():
-        write_demo(data)
+        write_demo(data, hidden_fraction=0.0)
     overrides = json.loads(args.override)
     seeds = [int(s) for s in args.seeds.split(",")]
     modes = args.modes.split(",")
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
     for seed in seeds:
         for mode in modes:
-            r = run_mode(data, out / f"{mode}_{seed}", mode, seed, overrides)
+            r = run_mode(data, out / f"{mode}_{seed}", mode, seed, overrides, args.hide_fraction)
             rows[mode].append(r)
             pl = (
                 ""
@@ -134,8 +150,13 @@ def main() -> None:
                 f"{r['acc_view1']:.4f}), {r['iterations']} iterations, {r['seconds']} s{pl}",
                 flush=True,
             )
-    n_test = len(load_splits(data, seed=13).test)
-    summary: dict[str, Any] = {"seeds": seeds, "n_test_per_seed": n_test, "overrides": overrides}
+    n_test = len(load_splits(data, unlabelled_fraction=args.hide_fraction, seed=13).test)
+    summary: dict[str, Any] = {
+        "seeds": seeds,
+        "n_test_per_seed": n_test,
+        "hide_fraction": args.hide_fraction,
+        "overrides": overrides,
+    }
     if {"labelled_only", "cotraining", "all_labels"} <= set(modes):
         base = [r["acc"] for r in rows["labelled_only"]]
         cot = [r["acc"] for r in rows["cotraining"]]

@@ -107,8 +107,8 @@ def test_resume_continues_after_last_iteration(tiny, tmp_path):
     assert set(load_weights(tmp_path / "models" / "model.pt")) == set(_two_view().state_dict())
 
 
-def test_empty_pool_stops_cleanly(tiny, tmp_path):
-    splits = load_splits(tiny, unlabelled_fraction=0.0)
+def test_empty_pool_stops_cleanly(tmp_path):
+    splits = load_splits(write_demo(tmp_path / "all_labelled", size="tiny", hidden_fraction=0.0))
     assert len(splits.unlabelled) == 0
     hist = _trainer(splits, tmp_path, iterations=4).run()
     assert len(hist) == 1 and hist[0]["pool_size"] == 0
@@ -281,3 +281,80 @@ def test_view_networks():
         build_view_network("resnet19")
     with pytest.raises(ConfigError, match="num_classes"):
         SmallCNN(num_classes=1)
+
+
+# ------------------------------------------------------------- issue 12: lr schedule, early stopping, comparison
+
+
+class _ConstantLoss(torch.nn.Module):
+    """A loss that never improves (and gives zero gradients): the validation loss stays at 1.0."""
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return pred.sum() * 0.0 + 1.0
+
+
+def test_reduce_lr_on_plateau_steps_with_validation_loss(tiny, tmp_path):
+    """ReduceLROnPlateau(patience=1) halves the lr once the validation loss fails to improve for 2 evaluations."""
+    splits = load_splits(tiny)
+    tr = _trainer(splits, tmp_path, iterations=1, max_epochs=4, patience=0, loss_function=_ConstantLoss())
+    hist = tr.run()
+    # epoch 1 sets the best loss, epochs 2 and 3 do not improve -> reduced after epoch 3; epoch 4 is 1 bad epoch
+    assert hist[0]["epochs_view0"] == hist[0]["epochs_view1"] == 4
+    assert hist[0]["lr_view0"] == pytest.approx(3e-3 * 0.5) and hist[0]["lr_view1"] == pytest.approx(3e-3 * 0.5)
+    tr = _trainer(splits, tmp_path / "b", iterations=1, max_epochs=4, patience=0, loss_function=_ConstantLoss())
+    tr.lr_schedulers = [None, None]
+    assert tr.run()[0]["lr_view0"] == pytest.approx(3e-3)  # without a scheduler the lr stays
+
+
+def test_early_stopping_after_patience(tiny, tmp_path):
+    """patience=2: a model whose validation loss never improves stops after 1 + 2 epochs, not max_epochs."""
+    splits = load_splits(tiny)
+    hist = _trainer(splits, tmp_path, iterations=1, max_epochs=10, patience=2, loss_function=_ConstantLoss()).run()
+    assert hist[0]["epochs_view0"] == hist[0]["epochs_view1"] == 3
+    hist = _trainer(
+        splits, tmp_path / "off", iterations=1, max_epochs=5, patience=0, loss_function=_ConstantLoss()
+    ).run()
+    assert hist[0]["epochs_view0"] == 5  # patience 0 disables early stopping
+
+
+def test_plot_titles_name_pseudo_label_accuracy(tmp_path, monkeypatch):
+    import tlk_components.engines.cotraining as eng
+
+    figs = []
+    monkeypatch.setattr(eng, "save_figure", lambda fig, path: figs.append(fig) or Path(path))
+    row = {"iteration": 1, "val_accuracy_view0": 0.5, "val_accuracy_view1": 0.6, "val_accuracy_ensemble": 0.7}
+    row.update({"pseudo_label_accuracy": 0.9, "pool_size": 5, "train_size_view0": 3, "train_size_view1": 3})
+    eng.plot_cotraining_log([row], tmp_path / "p.png")
+    ax = figs[0].axes[0]
+    assert "pseudo-label accuracy" in ax.get_title() and ax.get_title() != "validation accuracy per iteration"
+    assert any("pseudo-labels" in t.get_text() for t in ax.get_legend().get_texts())
+
+
+def test_comparison_of_three_runs(tiny, tmp_path):
+    """Labelled-only, co-training and fully supervised scored side by side, with pseudo-label accuracy."""
+    from tlk_components.engines.cotraining import CoTrainingComparison
+
+    splits = load_splits(tiny)
+    runs = {}
+    for mode, name in (("labelled_only", "labelled_only"), ("cotraining", "cotraining"), ("all_labels", "sup")):
+        _trainer(splits, tmp_path / name, mode=mode, iterations=2).run()
+        runs[name] = {"ckpt_dir": tmp_path / name / "models", "output_dir": tmp_path / name / "eval", "config": name}
+    runs["never_trained"] = {"ckpt_dir": tmp_path / "none", "output_dir": tmp_path / "none", "config": "x.json"}
+    out = CoTrainingComparison(splits, TwoViewDataset(splits.samples, PRE), _two_view(), runs, tmp_path / "cmp").run()
+    assert [r["run"] for r in out["runs"]] == ["labelled_only", "cotraining", "sup"]
+    by = {r["run"]: r for r in out["runs"]}
+    assert by["labelled_only"]["pseudo_labels"] == 0 and by["labelled_only"]["pseudo_label_accuracy"] is None
+    assert by["cotraining"]["pseudo_labels"] > 0 and 0 <= by["cotraining"]["pseudo_label_accuracy"] <= 1
+    assert by["sup"]["train_size_view0"] == len(splits.train) + len(splits.unlabelled)  # hidden labels used
+    for r in out["runs"]:
+        metrics = json.loads((runs[r["run"]]["output_dir"] / "metrics.json").read_text())
+        assert r["test_accuracy_ensemble"] == metrics["test_accuracy_ensemble"]
+    assert "never_trained" in out["missing"] and "x.json" in out["missing"]["never_trained"]
+    for f in ("comparison.json", "comparison.csv", "comparison.md", "comparison.png"):
+        assert (tmp_path / "cmp" / f).is_file()
+    md = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert md.startswith("| run | test_accuracy_ensemble |") and "| cotraining |" in md
+    with pytest.raises(DatasetError, match="no run to compare has been trained"):
+        CoTrainingComparison(
+            splits, TwoViewDataset(splits.samples, PRE), _two_view(), {"a": runs["never_trained"]}, tmp_path
+        ).run()

@@ -170,3 +170,66 @@ def test_evaluate_folders(tmp_path) -> None:
     _save(pred[0].numpy(), tmp_path / "pred" / "img0002_seg.nii.gz")
     with pytest.raises(DatasetError, match=r"img0002: label file .*label0002\.nii\.gz not found"):
         evaluate_folders(tmp_path / "pred", tmp_path / "labels", tmp_path / "eval", ORGANS)
+
+
+# ------------------------------------------------------------------------------------- original geometry
+def test_resampled_prediction_is_scored_on_the_label_grid(tmp_path) -> None:
+    """A prediction made on the resampled training grid is scored in the label file's own geometry: its Dice and
+    HD95 are those of the original-grid comparison (an independent world-coordinate resampling with nibabel), not
+    those of the training grid (where this prediction is perfect and the thin organ does not exist)."""
+    from monai.transforms import Compose, EnsureTyped, LoadImaged, Orientationd, Spacingd
+    from nibabel.processing import resample_from_to
+
+    from tlk_components.engines.seg_eval import original_grid_postprocessing
+
+    affine = np.diag([-1.0, -1.25, 1.5, 1.0])  # stored LPS, anisotropic 1 x 1.25 x 1.5 mm
+    affine[:3, 3] = [30.0, 20.0, -10.0]
+    lab = np.zeros((24, 20, 24), np.uint8)
+    lab[14:20, 10:16, 4:20] = 2
+    lab[6:17, 5:14, 9:11] = 1  # a 2-slice organ, thinner than the 4 mm training grid
+    nib.save(nib.Nifti1Image((lab * 100.0 - 50).astype(np.float32), affine), tmp_path / "img0001.nii.gz")
+    nib.save(nib.Nifti1Image(lab, affine), tmp_path / "label0001.nii.gz")
+    keys = ["image", "label"]
+    pre = Compose(
+        [
+            LoadImaged(keys, ensure_channel_first=True, image_only=True),
+            EnsureTyped(keys),
+            Orientationd(keys, axcodes="RAS", labels=None),
+            Spacingd(keys, pixdim=[2.0, 2.0, 4.0], mode=["bilinear", "nearest"]),
+        ]
+    )
+    d = pre({"image": str(tmp_path / "img0001.nii.gz"), "label": str(tmp_path / "label0001.nii.gz")})
+    coarse = d["label"][0].long()  # a perfect prediction on the training grid
+    on_training_grid = case_metrics(coarse[None], d["label"], 3, spacing=[2.0, 2.0, 4.0])
+    d["pred"] = torch.nn.functional.one_hot(coarse, 3).movedim(-1, 0).float() * 10.0  # logits
+    out = original_grid_postprocessing(pre, 3)(d)
+    assert out["pred"].shape == out["label"].shape == (3, 24, 20, 24)
+    assert np.allclose(out["label"].pixdim, [1.0, 1.25, 1.5])
+    got = case_metrics(out["pred"], out["label"], 3, spacing=[float(s) for s in out["label"].pixdim])
+
+    reference = nib.load(tmp_path / "label0001.nii.gz")
+    probs = [
+        np.asarray(
+            resample_from_to(
+                nib.Nifti1Image((coarse.numpy() == c).astype(np.float32), d["label"].affine.numpy()),
+                reference,
+                order=1,
+                mode="nearest",
+            ).dataobj
+        )
+        for c in range(3)
+    ]
+    back = torch.as_tensor(np.argmax(np.stack(probs), 0))[None]
+    want = case_metrics(back, torch.as_tensor(lab)[None], 3, spacing=[1.0, 1.25, 1.5])
+    assert np.allclose(got["dice"], want["dice"]) and np.allclose(got["hd95"], want["hd95"])
+    assert got["dice"][0] == 0.0 and 0.5 < got["dice"][1] < 0.9  # what the training grid cannot see:
+    assert math.isnan(on_training_grid["dice"][0]) and on_training_grid["dice"][1] == 1.0
+
+
+def test_ill_label_off_its_image_grid(tmp_path) -> None:
+    from tlk_components.engines.seg_eval import LoadOriginalLabeld
+
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 3), np.uint8), np.eye(4)), tmp_path / "label0001.nii.gz")
+    label = MetaTensor(torch.zeros(1, 2, 2, 2), meta={"filename_or_obj": str(tmp_path / "label0001.nii.gz")})
+    with pytest.raises(DatasetError, match=r"label0001\.nii\.gz: label shape \(4, 4, 3\) differs"):
+        LoadOriginalLabeld("label")({"label": label, "pred": torch.zeros(3, 5, 5, 5)})

@@ -27,6 +27,8 @@ from tlk_components.zoo.verify import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+# the fake bundles live outside bundles/, so their code checks run with trust=True, which warns (by design)
+pytestmark = pytest.mark.filterwarnings("ignore:verify builds the configs:UserWarning")
 
 
 def _edit_json(path: Path, fn) -> None:
@@ -41,11 +43,11 @@ def _problems(report, check: str) -> str:
 
 def test_conforming_bundle_passes_every_named_check(tmp_path):
     b = make_fake_bundle(tmp_path)
-    report = verify_bundle(b)
+    report = verify_bundle(b, trust=True)  # a folder outside bundles/: the code checks run only when trusted
     assert report.ok, report.summary()
     assert [c.name for c in report.checks] == list(ALL_CHECKS)
     assert "random initialisation" in report["torchscript"].detail
-    with_weights = verify_bundle(make_fake_bundle(tmp_path / "w", weights=True), checks=["torchscript"])
+    with_weights = verify_bundle(make_fake_bundle(tmp_path / "w", weights=True), checks=["torchscript"], trust=True)
     assert with_weights.ok and "models/model.pt" in with_weights["torchscript"].detail
 
 
@@ -153,7 +155,7 @@ def test_ill_net_in_out_channel_mismatch(tmp_path):
         b / "configs" / "metadata.json",
         lambda m: m["network_data_format"]["outputs"]["pred"].update(num_channels=5),
     )
-    r = verify_bundle(b, checks=["net_in_out"])
+    r = verify_bundle(b, checks=["net_in_out"], trust=True)
     assert r.failed == ["net_in_out"] and "output channel number `3` doesn't match: `5`" in _problems(r, "net_in_out")
 
 
@@ -161,11 +163,11 @@ def test_ill_torchscript_stale_or_mismatched_weights(tmp_path):
     b = make_fake_bundle(tmp_path, weights=True)
     other = monai.networks.nets.FullyConnectedNet(in_channels=4, out_channels=3, hidden_channels=[8])
     torch.jit.save(torch.jit.script(other), str(b / "models" / "model.ts"))  # exported from other weights
-    r = verify_bundle(b, checks=["torchscript"])
+    r = verify_bundle(b, checks=["torchscript"], trust=True)
     assert "models/model.ts differs from models/model.pt" in _problems(r, "torchscript")
     wrong = monai.networks.nets.FullyConnectedNet(in_channels=4, out_channels=3, hidden_channels=[16])
     torch.save(wrong.state_dict(), b / "models" / "model.pt")
-    r = verify_bundle(b, checks=["torchscript"])
+    r = verify_bundle(b, checks=["torchscript"], trust=True)
     assert "models/model.pt does not fit network_def" in _problems(r, "torchscript")
 
 
@@ -182,14 +184,14 @@ def test_every_network_of_a_multi_network_bundle_is_checked(tmp_path):
     (b / "models").mkdir()
     trained = monai.networks.nets.FullyConnectedNet(in_channels=4, out_channels=3, hidden_channels=[6])
     torch.save(trained.state_dict(), b / "models" / "model_view1.pt")
-    r = verify_bundle(b, checks=["config_keys", "net_in_out", "torchscript"])
+    r = verify_bundle(b, checks=["config_keys", "net_in_out", "torchscript"], trust=True)
     assert r.ok, r.summary()
     assert "network_def_view0, network_def_view1" in r["net_in_out"].detail
     detail = r["torchscript"].detail
     assert "network_def_view0 scripted from random initialisation (no models/model_view0.pt)" in detail
     assert "network_def_view1 scripted from models/model_view1.pt" in detail
     _edit_json(b / "configs" / "inference.json", lambda c: c["network_def_view1"].update(out_channels=7))
-    r = verify_bundle(b, checks=["net_in_out", "torchscript"])
+    r = verify_bundle(b, checks=["net_in_out", "torchscript"], trust=True)
     assert "verify_net_in_out(network_def_view1)" in _problems(r, "net_in_out")
     assert "models/model_view1.pt does not fit network_def_view1" in _problems(r, "torchscript")
 

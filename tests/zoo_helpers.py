@@ -17,7 +17,7 @@ import monai
 import numpy
 import torch
 
-__all__ = ["make_fake_bundle", "serve_dir", "write_json", "write_zip"]
+__all__ = ["index_for_zip", "make_fake_bundle", "serve_dir", "write_json", "write_zip"]
 
 NET = {
     "_target_": "monai.networks.nets.FullyConnectedNet",
@@ -188,6 +188,23 @@ def write_zip(path: str | Path, entries: dict[str, bytes], symlinks: dict[str, s
             info.external_attr = 0o120777 << 16
             zf.writestr(info, target)
     return path
+
+
+def index_for_zip(zip_path: str | Path, name: str, version: str = "0.1.0") -> Path:
+    """A ``model_info.json`` next to ``zip_path`` whose one entry carries the zip's real sha256; returns its path."""
+    import hashlib
+
+    zip_path = Path(zip_path)
+    entry = {
+        "name": name,
+        "version": version,
+        "sha256": hashlib.sha256(zip_path.read_bytes()).hexdigest(),
+        "source": zip_path.name,
+        "monai_version": "1.0.0",
+    }
+    index = zip_path.parent / "model_info.json"
+    index.write_text(json.dumps({f"{name}_v{version}": entry}))
+    return index
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -38,15 +38,21 @@ def list_cmd(index: str | None = None, timeout: float = 30.0) -> str:
 def prepare_demo(bundle: str, dir: str, size: str = "demo", seed: int = 0) -> str:
     """Write BUNDLE's demo dataset into DIR, in the real public layout the bundle reads.
 
+    DIR must be new, empty, or an earlier demo of BUNDLE (it holds the ``.tlk_demo.json`` marker this command
+    leaves); any other non-empty folder is refused, so your own data is never overwritten.
+
     Args:
         bundle: a bundle name (see ``list``).
         dir: output folder (created).
         size: ``demo`` (the bundle's default) or ``tiny`` (what the tests use).
         seed: generator seed; the same seed writes the same files.
     """
+    from tlk_components.zoo.datasets import write_demo_dataset  # noqa: PLC0415
+
     if size not in ("demo", "tiny"):
         raise TLKError(f"size={size!r}: expected 'demo' or 'tiny'")
-    out = get_data_module(bundle).write_demo(Path(dir), size=size, seed=int(seed))
+    get_data_module(bundle)  # unknown bundle: a clear error before touching DIR
+    out = write_demo_dataset(bundle, Path(dir), size=size, seed=int(seed))
     return f"wrote the {size} dataset of {bundle} to {out}"
 
 

@@ -9,8 +9,10 @@ windowing on, a missing label for an evaluation case, and a saliency layer that 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import nibabel as nib
@@ -21,6 +23,7 @@ from monai.bundle import ConfigParser
 
 from tests.bundle_utils import BUNDLES, run_bundle
 from tlk_components.data.btcv import write_demo
+from tlk_components.zoo.runner import bundle_command
 
 BUNDLE = "abdomen_ct_attention_segmentation"
 CONFIGS = BUNDLES / BUNDLE / "configs"
@@ -82,6 +85,8 @@ def test_resume_continues_and_keeps_a_better_best_model(trained: Path, tiny: Pat
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
     assert ckpt["best_metric"] is not None  # the first run recorded its best validation Dice
     ckpt["best_metric"] = 0.99  # pretend the saved model.pt scored 0.99: one epoch more cannot beat it
+    # the same run, continued with its eval folder elsewhere (another --output_dir is otherwise refused as another run)
+    ckpt["run_info"]["overrides"]["output_dir"] = str((run / "eval").resolve())
     torch.save(ckpt, last)
     before = (run / "models" / "model.pt").read_bytes()
     proc = run_bundle(
@@ -107,6 +112,52 @@ def test_inference_without_saliency(trained: Path, tiny: Path, tmp_path: Path) -
     assert pred.header.get_sform(coded=True)[1] == src.header.get_sform(coded=True)[1]
     assert pred.get_data_dtype() == np.uint8 and int(np.asarray(pred.dataobj).max()) <= 13
     assert not (out / "saliency").exists()
+
+
+def _random_weights(ckpt_dir: Path) -> Path:
+    """An untrained network of the SMALL recipe saved as ``ckpt_dir/model.pt`` (inference only needs weights)."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser["channels"] = SMALL["channels"]
+    torch.manual_seed(0)
+    net = parser.get_parsed_content("network_def")
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), ckpt_dir / "model.pt")
+    return ckpt_dir
+
+
+def _tree(root: Path) -> dict[str, float]:
+    return {str(p.relative_to(root)): p.stat().st_mtime for p in sorted(root.rglob("*"))}
+
+
+def test_inference_on_given_inputs_writes_nothing_into_a_read_only_bundle(tiny: Path, tmp_path: Path) -> None:
+    """Item 16: with --input_dir, inference neither prepares the training data nor writes under the bundle."""
+    bundle = tmp_path / "ro_bundle"
+    shutil.copytree(BUNDLES / BUNDLE, bundle, ignore=shutil.ignore_patterns("demo_data", "models", "eval"))
+    ckpt = _random_weights(tmp_path / "weights")
+    before = _tree(bundle)
+    modes = {p: p.stat().st_mode for p in [bundle, *bundle.rglob("*")]}
+    for p in modes:
+        p.chmod(modes[p] & ~0o222)  # read-only for everyone (root still could write: the tree is compared too)
+    try:
+        cmd = bundle_command(
+            [bundle / "configs" / "inference.json"],
+            {
+                "input_dir": tiny / "imagesTs",
+                "output_dir": tmp_path / "pred",
+                "ckpt_dir": ckpt,
+                **{k: SMALL[k] for k in ("spacing", "patch_size", "channels")},
+            },
+        )
+        env = dict(os.environ, TLK_NUM_THREADS="1", TLK_HOME=str(tmp_path / "home"))
+        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        for p, mode in modes.items():
+            p.chmod(mode)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert _tree(bundle) == before, "inference wrote into the bundle folder"
+    assert not (tmp_path / "home").exists(), "inference wrote a demo although --input_dir was given"
+    assert (tmp_path / "pred" / "img0061_seg.nii.gz").is_file()
 
 
 def test_attention_unet_inference_with_saliency(tiny: Path, tmp_path: Path) -> None:

@@ -126,3 +126,56 @@ def test_broken_dataset_fails_before_compute(work: dict[str, Path]) -> None:
     assert out.returncode != 0
     assert "BraTS20_Training_002: BraTS20_Training_002_flair.nii.gz missing" in out.stdout
     assert not (work["root"] / "m2" / "model.pt").exists()
+
+
+def _real_copy_variants(src: Path, dst: Path) -> Path:
+    """A copy of the tiny demo as common BraTS 2020 copies ship it: ``.nii`` files, and case 2's segmentation
+    misnamed (as case 355's ``W39_1998.09.19_Segm.nii`` of a popular copy)."""
+    for case in sorted(src.glob("BraTS20_*")):
+        (dst / case.name).mkdir(parents=True)
+        for f in case.glob("*.nii.gz"):
+            img = nib.load(str(f))
+            nib.save(nib.Nifti1Image(img.get_fdata().astype("int16"), img.affine), str(dst / case.name / f.stem))
+    c2 = dst / "BraTS20_Training_002"
+    (c2 / "BraTS20_Training_002_seg.nii").rename(c2 / "W39_1998.09.19_Segm.nii")
+    return dst
+
+
+@pytest.mark.slow
+def test_real_copy_variants_and_skip_bad_cases(work: dict[str, Path]) -> None:
+    """Issue 12 (BraTS 1, 2): .nii read; a misnamed file stops the run by default, naming the case, the expected
+    names and the file found; --skip_bad_cases true trains and predicts without it, prints and records it."""
+    data = _real_copy_variants(work["data"], work["root"] / "nii")
+    common = {"dataset_dir": data, "demo_dir": work["root"] / "no_demo", "batch_size": 8, "epochs": 1}
+    out = run_bundle(
+        BUNDLE, "train.json", **common, ckpt_dir=work["root"] / "m3", output_dir=work["root"] / "e3", check=False
+    )
+    assert out.returncode != 0 and not (work["root"] / "m3" / "model.pt").exists()
+    assert "BraTS20_Training_002: BraTS20_Training_002_seg.nii.gz missing" in out.stdout
+    assert "expected BraTS20_Training_002_seg.nii.gz or BraTS20_Training_002_seg.nii" in out.stdout
+    assert "found instead: W39_1998.09.19_Segm.nii" in out.stdout
+
+    out = run_bundle(
+        BUNDLE,
+        "train.json",
+        **common,
+        ckpt_dir=work["root"] / "m3",
+        output_dir=work["root"] / "e3",
+        val_interval=1,
+        skip_bad_cases="true",
+    )
+    assert "leaving out 1 of 5 case(s)" in out.stdout and (work["root"] / "m3" / "model.pt").is_file()
+    record = json.loads((work["root"] / "e3" / "skipped_cases.json").read_text())
+    assert [r["case"] for r in record["skipped"]] == ["BraTS20_Training_002"]
+
+    # inference: a case without FLAIR is refused by default and left out with --skip_bad_cases true
+    (data / "BraTS20_Training_004" / "BraTS20_Training_004_flair.nii").unlink()
+    pred = work["root"] / "pred3"
+    infer = {"input_dir": data, "demo_dir": work["root"] / "no_demo", "ckpt_dir": work["root"] / "m3"}
+    out = run_bundle(BUNDLE, "inference.json", **infer, output_dir=pred, check=False)
+    assert out.returncode != 0 and "BraTS20_Training_004: BraTS20_Training_004_flair.nii.gz missing" in out.stdout
+    run_bundle(BUNDLE, "inference.json", **infer, output_dir=pred, skip_bad_cases="true")
+    record = json.loads((pred / "skipped_cases.json").read_text())
+    assert [r["case"] for r in record["skipped"]] == ["BraTS20_Training_004"]
+    done = sorted(p.name for p in pred.iterdir() if p.is_dir() and p.name.startswith("BraTS20_"))
+    assert done == ["BraTS20_Training_001", "BraTS20_Training_002", "BraTS20_Training_003", "BraTS20_Training_005"]

@@ -68,18 +68,24 @@ def test_train_resume_evaluate_inference(tiny, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_supervised_baseline(tiny, tmp_path):
-    run_bundle(
-        NAME,
-        ["train.json", "train_supervised.json"],
-        cwd=tmp_path,
-        dataset_dir=str(tiny),
-        ckpt_dir=str(tmp_path / "models"),
-        output_dir=str(tmp_path / "eval"),
-        **TINY,
-    )
-    log = json.loads((tmp_path / "eval" / "cotraining_log.json").read_text())
-    assert all(h["mode"] == "labelled_only" and h["added_view0"] == h["added_view1"] == 0 for h in log)
+def test_three_way_comparison(tiny, tmp_path):
+    """train_labelled_only.json, train.json and train_supervised.json, then compare.json writes the table."""
+    dirs = {"dataset_dir": str(tiny), "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval")}
+    for extra in ([], ["train_labelled_only.json"], ["train_supervised.json"]):
+        run_bundle(NAME, ["train.json", *extra], cwd=tmp_path, **dirs, **TINY)
+    logs = {
+        sub: json.loads((tmp_path / "eval" / sub / "cotraining_log.json").read_text())
+        for sub in ("", "labelled_only", "supervised")
+    }
+    assert all(h["mode"] == "labelled_only" and h["added_view0"] == 0 for h in logs["labelled_only"])
+    assert all(h["mode"] == "all_labels" for h in logs["supervised"])
+    assert logs["supervised"][0]["train_size_view0"] > logs["labelled_only"][0]["train_size_view0"]
+    assert (tmp_path / "models" / "labelled_only" / "model.pt").is_file()
+    run_bundle(NAME, ["train.json", "compare.json"], cwd=tmp_path, **dirs, **TINY)
+    cmp = json.loads((tmp_path / "eval" / "comparison.json").read_text())
+    assert [r["run"] for r in cmp["runs"]] == ["labelled_only", "cotraining", "supervised"]
+    assert cmp["runs"][1]["pseudo_label_accuracy"] is not None
+    assert (tmp_path / "eval" / "comparison.md").is_file() and (tmp_path / "eval" / "comparison.png").is_file()
 
 
 @pytest.mark.slow
@@ -87,7 +93,9 @@ def test_ill_bad_dataset_lists_every_problem(tiny, tmp_path):
     bad = Path(shutil.copytree(tiny, tmp_path / "bad"))
     next((bad / "view1" / "4").glob("*.png")).unlink()
     lines = (bad / "samples.csv").read_text().splitlines()
-    lines[1] = lines[1].rsplit(",", 1)[0] + ",ten"
+    cells = lines[1].split(",")
+    cells[2] = "ten"
+    lines[1] = ",".join(cells)
     (bad / "samples.csv").write_text("\n".join(lines) + "\n")
     proc = run_bundle(
         NAME,

@@ -8,11 +8,18 @@ no label involved) are matched: ``x' = (x - μ_t) · σ_s / σ_t + μ_s``, appli
 normalisation. The statistics come from target IMAGES only and are stored next to the adapted model
 (``intensity_alignment.json``) so inference applies the same map. Contrast-phase differences between organs
 (what a linear map cannot undo) are left to the feature/output-space adapters.
+
+The map belongs to the weights adapted with it: :class:`AlignedWeightsRecorder` (the last handler of the
+adaptation run) records the sha256 of the saved ``model.pt`` in the alignment file, and
+:func:`inference_alignment` applies the map only to weights recorded there, so source-only or oracle weights
+are not fed aligned images.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -21,14 +28,24 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
+from ignite.engine import Engine, Events
 from monai.config import KeysCollection
-from monai.transforms import MapTransform
+from monai.transforms import Identityd, MapTransform
 
 from tlk_components.utils.errors import ConfigError, DatasetError
 from tlk_components.utils.io import atomic_write_json
 from tlk_components.utils.validation import check_positive_int
 
-__all__ = ["IntensityAlignd", "body_stats", "ensure_alignment"]
+__all__ = [
+    "AlignedWeightsRecorder",
+    "IntensityAlignd",
+    "body_stats",
+    "ensure_alignment",
+    "inference_alignment",
+    "sha256_file",
+]
+
+logger = logging.getLogger(__name__)
 
 BODY_HU = -500.0
 
@@ -132,3 +149,109 @@ class IntensityAlignd(MapTransform):
                 else (np.asarray(x, dtype=np.float32) * np.float32(self.scale) + np.float32(self.shift))
             )
         return d
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_params(path: Path) -> dict[str, Any]:
+    try:
+        params = json.loads(path.read_text())
+        if not isinstance(params, dict):
+            raise ValueError("not a JSON object")
+        return params
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"intensity alignment file {path}: unreadable ({type(e).__name__}: {e}); delete it and rerun the "
+            "adaptation (train.json) to recompute it from the target images"
+        ) from None
+
+
+class AlignedWeightsRecorder:
+    """Record in the alignment file that the weights saved at the end of training were adapted with its map.
+
+    Attach as the LAST item of ``train#handlers`` (after the handler that writes ``weights``): at ``COMPLETED`` the
+    sha256 of ``weights`` is added to the file's ``aligned_weights`` (sha256 -> file name). Rank 0 only under DDP.
+    :func:`inference_alignment` then applies the map to exactly these weights. Recomputing the map
+    (:func:`ensure_alignment` with another ``enabled``) drops the records, as the new map belongs to no weights.
+
+    Args:
+        params_file: the alignment JSON of :func:`ensure_alignment`.
+        weights: the saved weights (``model.pt``).
+        enabled: False records nothing (``train_no_alignment.json``: the model never saw aligned images).
+    """
+
+    def __init__(self, params_file: str | os.PathLike, weights: str | os.PathLike, enabled: bool = True) -> None:
+        self.params_file, self.weights, self.enabled = Path(params_file), Path(weights), bool(enabled)
+
+    def attach(self, engine: Engine) -> None:
+        """Register at ``COMPLETED``."""
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, _engine: Engine | None = None) -> None:
+        if not self.enabled or (
+            torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank()
+        ):
+            return
+        if not self.weights.is_file() or not self.params_file.is_file():
+            logger.warning(f"intensity alignment not recorded: {self.weights} or {self.params_file} does not exist")
+            return
+        params = _read_params(self.params_file)
+        if not params.get("enabled", True):
+            return
+        records = dict(params.get("aligned_weights") or {})
+        records[sha256_file(self.weights)] = self.weights.name
+        params["aligned_weights"] = records
+        atomic_write_json(self.params_file, params)
+        logger.info(f"intensity alignment {self.params_file} recorded for {self.weights}")
+
+
+def inference_alignment(
+    keys: KeysCollection, params_file: str | os.PathLike, weights: str | os.PathLike, apply: bool | str = "auto"
+) -> MapTransform:
+    """The intensity transform for inference with ``weights``: the alignment map, or the identity; logs which.
+
+    Args:
+        keys: image keys.
+        params_file: the alignment JSON (may not exist).
+        weights: the weights inference loads.
+        apply: ``"auto"`` (default): apply the map only if ``params_file`` records ``weights`` (see
+            :class:`AlignedWeightsRecorder`: the adapted model, not source-only or oracle weights); ``True``: always
+            (the file must exist); ``False``: never.
+
+    Raises:
+        ConfigError: ``apply`` is not auto/true/false, or ``True`` without a readable file.
+    """
+    mode = str(apply).strip().lower()
+    if mode not in ("auto", "true", "false"):
+        raise ConfigError(f"align_intensity={apply!r}: expected 'auto', true or false")
+    p = Path(params_file)
+    if mode == "false":
+        logger.info(f"intensity alignment: not applied (align_intensity false) for {weights}")
+        return Identityd(keys)
+    if mode == "true":
+        if not p.is_file():
+            raise ConfigError(
+                f"align_intensity true but {p} does not exist; pass --alignment_file of the adaptation run, or "
+                "--align_intensity auto"
+            )
+        logger.info(f"intensity alignment: applying {p} (align_intensity true) for {weights}")
+        return IntensityAlignd(keys, params_file=p)
+    if not p.is_file():
+        logger.info(f"intensity alignment: not applied ({p} does not exist) for {weights}")
+        return Identityd(keys)
+    records = _read_params(p).get("aligned_weights") or {}
+    if Path(weights).is_file() and sha256_file(weights) in records:
+        logger.info(f"intensity alignment: applying {p} (the map {weights} was adapted with)")
+        return IntensityAlignd(keys, params_file=p)
+    logger.info(
+        f"intensity alignment: not applied; {weights} is not the model adapted with {p} (source-only, oracle or "
+        "other weights); pass --align_intensity true to apply it anyway"
+    )
+    return Identityd(keys)

@@ -10,15 +10,31 @@ Rule (jarvis-md ``calculate_gt_cls``; torchvision ``Matcher`` with ``allow_low_q
 the IoU of an anchor with the ground-truth box it overlaps most:
 
 * ``iou >= iou_upper`` -> positive, matched to that box;
-* for every box, the anchor(s) with its highest IoU (> 0) are positive too, so every box gets at least one
-  positive anchor even when no anchor reaches ``iou_upper``;
+* for every box, the anchor(s) with its highest IoU (> 0) are positive too, so every box gets a positive
+  anchor even when no anchor reaches ``iou_upper`` (see "one positive anchor per box" below);
 * ``iou_lower < iou < iou_upper`` (and not positive) -> ignored by the classification loss;
 * ``iou <= iou_lower`` -> negative.
 
+One positive anchor per box (``allow_low_quality_matches``), in three steps:
+
+1. an anchor that is the best anchor (highest IoU, ties included) of several boxes goes to the box it overlaps
+   most (ties: the lower box index); an anchor positive by ``iou_upper`` keeps its box;
+2. a box that thereby lost its only best anchor takes its next-best anchor: among the anchors that are not
+   positive yet and overlap it (IoU > 0), the one of highest IoU. Several such boxes are served greedily, the
+   (box, anchor) pair of highest IoU first, one anchor per box;
+3. a box ends without a positive anchor only when it overlaps no anchor, or every anchor it overlaps is
+   positive for another box.
+
+Example: anchors ``a0 = [0, 0, 10, 10]`` and ``a1 = [0, 0, 10, 20]``, boxes ``b0 = [0, 0, 10, 3]`` (IoU 0.3 with
+a0, 0.15 with a1) and ``b1 = [0, 0, 10, 4]`` (IoU 0.4, 0.2). a0 is the best anchor of both: b1 keeps it (0.4 >
+0.3) and b0 takes its next-best anchor a1 -> matches ``[1, 0]``. torchvision's rule gives a0 to b1 and
+nothing to b0.
+
 Deliberate fixes of jarvis-md quirks (stated): (i) an anchor positive for one box is never turned into
 "ignored" by the IoU band of another box; (ii) an anchor that is positive for several boxes is matched to the
-box of highest IoU (jarvis: the last box wins); (iii) a box of zero area matches nothing (jarvis turns every
-anchor positive, because ``max(iou) == 0`` makes the threshold 0).
+box of highest IoU (jarvis: the last box wins), and the other box takes its next-best anchor (jarvis: it has
+none); (iii) a box of zero area matches nothing (jarvis turns every anchor positive, because ``max(iou) == 0``
+makes the threshold 0).
 """
 
 from __future__ import annotations
@@ -83,12 +99,35 @@ class IoUThresholdMatcher(Matcher):
         matches[best_iou > self.iou_lower] = self.BETWEEN_THRESHOLDS
         positive = best_iou >= self.iou_upper
         matches[positive] = best_gt[positive]
-        if self.allow_low_quality_matches:
-            per_box_best = iou.max(dim=1).values  # [G]
-            for g in range(iou.shape[0]):
-                if per_box_best[g] <= 0:
-                    continue  # zero-area or disjoint box: matches nothing (fix of jarvis quirk iii)
-                hit = (iou[g] == per_box_best[g]) & ~positive
-                matches[hit] = g
-                positive = positive | hit
+        if self.allow_low_quality_matches and iou.shape[0] > 0:
+            matches, positive = self._low_quality_matches(iou, matches, positive)
         return iou, matches
+
+    def _low_quality_matches(
+        self, iou: torch.Tensor, matches: torch.Tensor, positive: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Give every box with an overlapping anchor a positive anchor (steps 1-3 of the module docstring)."""
+        per_box_best = iou.max(dim=1, keepdim=True).values  # [G, 1]
+        # step 1: each box's best anchor(s); an anchor best for several boxes goes to the box of highest IoU
+        is_best = (iou == per_box_best) & (per_box_best > 0)  # zero-area or disjoint box: nothing (quirk iii)
+        best_iou_for = torch.where(is_best, iou, torch.full_like(iou, -1.0))  # [G, N]
+        owner_iou, owner = best_iou_for.max(dim=0)  # ties -> lower box index
+        hit = (owner_iou > 0) & ~positive
+        matches[hit] = owner[hit]
+        positive = positive | hit
+        # step 2: boxes left without any positive anchor take their next-best free anchor, greedily
+        n_boxes = iou.shape[0]
+        has_pos = torch.zeros(n_boxes, dtype=torch.bool, device=iou.device)
+        has_pos[matches[positive].unique()] = True
+        waiting = ~has_pos & (per_box_best[:, 0] > 0)
+        while bool(waiting.any()):
+            cand = torch.where(waiting[:, None] & ~positive[None, :], iou, torch.zeros_like(iou))
+            best = cand.max()
+            if best <= 0:
+                break  # step 3: every anchor these boxes overlap is positive for another box
+            flat = int(torch.argmax(cand))
+            g, a = divmod(flat, iou.shape[1])
+            matches[a] = g
+            positive[a] = True
+            waiting[g] = False
+        return matches, positive

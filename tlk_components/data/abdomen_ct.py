@@ -25,8 +25,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import tempfile
 import warnings
 from collections.abc import Hashable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,6 +41,8 @@ from tlk_components.utils.validation import check_positive_int, look_up_option
 __all__ = [
     "CTIntensityd",
     "NonCTRangeWarning",
+    "demo_cache_dir",
+    "inference_datalist",
     "organ_names",
     "resolve_num_classes",
 ]
@@ -182,3 +186,75 @@ def organ_names(dataset_dir: str | os.PathLike, num_classes: int | None = None) 
         raw = names.get(i, f"class_{i}")
         out.append(re.sub(r"[^0-9a-zA-Z]+", "_", raw).strip("_").lower() or f"class_{i}")
     return out
+
+
+BUNDLE = "abdomen_ct_attention_segmentation"
+
+
+def demo_cache_dir(bundle: str = BUNDLE) -> Path:
+    """Where the demo goes when the bundle folder is read-only: ``$TLK_HOME/demo_data/<bundle>``, else
+    ``~/.cache/tlk_components/demo_data/<bundle>``."""
+    home = os.environ.get("TLK_HOME")
+    root = Path(home).expanduser() if home else Path.home() / ".cache" / "tlk_components"
+    return root / "demo_data" / bundle
+
+
+def _can_write(folder: Path) -> bool:
+    """True when ``folder`` (or its nearest existing parent) accepts a new file."""
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        return False
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".tlk_write_test"):
+            return True
+    except OSError:
+        return False
+
+
+def inference_datalist(
+    input_dir: str | os.PathLike, dataset_dir: str | os.PathLike, demo_dir: str | os.PathLike
+) -> list[dict[str, str]]:
+    """The images inference segments; the demo is written only when the inputs default to it.
+
+    Inference never prepares (writes or verifies) a training dataset. When ``input_dir`` is the default
+    ``<demo_dir>/imagesTs`` (no ``--input_dir`` and no ``--dataset_dir`` given), the demo is written first (only if
+    missing) into ``demo_dir``, or into :func:`demo_cache_dir` when the bundle folder is read-only. A default
+    ``input_dir`` under a given ``--dataset_dir`` also finds the test images of the Synapse layout
+    (``RawData/Testing/img``). Any other ``input_dir`` is read as given and nothing is written.
+
+    Args:
+        input_dir: folder of CT volumes (see :func:`tlk_components.engines.seg_inference.input_datalist`).
+        dataset_dir: the config's dataset folder (``input_dir`` defaults to its ``imagesTs``).
+        demo_dir: the bundle's demo folder (``<bundle_root>/demo_data``).
+
+    Returns:
+        ``[{"image": path}, ...]``.
+
+    Raises:
+        DatasetError: ``input_dir`` missing or without images (see ``input_datalist``), or the demo cannot be written.
+    """
+    from tlk_components.data.btcv import detect_layout
+    from tlk_components.engines.seg_inference import input_datalist
+    from tlk_components.utils.errors import DatasetError
+
+    inp, data, demo = Path(input_dir), Path(dataset_dir), Path(demo_dir)
+    default_input = inp.resolve() == (data / "imagesTs").resolve()
+    if default_input and data.resolve() == demo.resolve():
+        target = demo if _can_write(demo) else demo_cache_dir()
+        if not (target / "imagesTs").is_dir() or not any((target / "imagesTs").glob("*.nii*")):
+            from tlk_components.zoo.datasets import write_demo_dataset
+
+            if target != demo:
+                logger.warning(f"bundle folder {demo.parent} is read-only: writing the demo data into {target}")
+            write_demo_dataset(BUNDLE, target)
+        inp = target / "imagesTs"
+    elif default_input and not inp.is_dir() and data.is_dir():
+        try:
+            tests = detect_layout(data).tests
+        except DatasetError:
+            tests = None
+        if tests is not None:
+            inp = tests
+    return input_datalist(inp)

@@ -9,7 +9,15 @@ Layout (the public BraTS 2020 training set)::
                                       /BraTS20_Training_001_t2.nii.gz
                                       /BraTS20_Training_001_seg.nii.gz    (labels 0, 1, 2, 4)
 
-Any case folder ``BraTS20_*`` is accepted (``BraTS20_Validation_XXX`` without ``seg`` for inference).
+Every file may be ``.nii.gz`` or ``.nii`` (common copies ship ``.nii``); a case holding both for one sequence is
+ambiguous and reported. Any case folder ``BraTS20_*`` is accepted (``BraTS20_Validation_XXX`` without ``seg`` for
+inference). A missing or misnamed file (e.g. case 355 of a popular copy, whose segmentation is
+``W39_1998.09.19_Segm.nii``) is reported with the case, the expected names and the files found instead.
+
+Bad cases stop a run by default; :func:`check_cases` (the bundle's ``skip_bad_cases`` option) instead excludes
+them, prints them and records them in ``<output_dir>/skipped_cases.json``. Cases are cached in memory (or as
+memory-mapped ``.npy`` files with ``cache="disk"``); the cache size is estimated from the headers before loading
+(:func:`estimate_cache_bytes`) and a cache that does not fit in the available memory is refused up front.
 Channels are ``(flair, t1, t1ce, t2)``; each is z-scored over the brain (non-zero voxels) with MONAI's
 ``NormalizeIntensity(nonzero=True, channel_wise=True)``. Tumour labels are binarised (``seg > 0``), as the source
 document does (``clip max 1``). Slices are the last array axis; slices are resized in-plane to ``image_size``
@@ -23,7 +31,12 @@ Splits are deterministic: cases sorted by name; the last ``test_fraction`` are t
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,10 +54,17 @@ from tlk_components.zoo.datasets import DatasetReport
 
 __all__ = [
     "BRATS_LABELS",
+    "CACHE_MODES",
     "SEQUENCES",
     "BratsSliceDataset",
     "BratsVolumeDataset",
+    "available_memory_bytes",
     "brats_datalist",
+    "case_cache_bytes",
+    "check_cache_fits",
+    "check_cases",
+    "estimate_cache_bytes",
+    "find_case_file",
     "find_cases",
     "load_case",
     "mean_projection",
@@ -58,6 +78,8 @@ SEQUENCES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
 #: BraTS 2020 label values: 0 background, 1 necrotic/non-enhancing core, 2 oedema, 4 enhancing tumour.
 BRATS_LABELS: frozenset[int] = frozenset({0, 1, 2, 4})
 
+logger = logging.getLogger(__name__)
+
 _DEMO_SIZES = {"demo": (24, (96, 96, 40)), "tiny": (5, (96, 96, 12))}
 
 
@@ -70,15 +92,145 @@ def find_cases(dataset_dir: str | os.PathLike) -> list[Path]:
     return sorted(p for p in d.iterdir() if p.is_dir() and p.name.startswith("BraTS20_"))
 
 
-def _case_file(case_dir: Path, suffix: str) -> Path:
-    return case_dir / f"{case_dir.name}_{suffix}.nii.gz"
+#: Accepted NIfTI suffixes, in order of preference.
+NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
+
+
+def _expected_names(case_dir: Path, name: str) -> list[str]:
+    return [f"{case_dir.name}_{name}{sfx}" for sfx in NIFTI_SUFFIXES]
+
+
+def find_case_file(case_dir: str | os.PathLike, name: str) -> Path | None:
+    """The file of sequence ``name`` (``flair``, ``t1``, ``t1ce``, ``t2`` or ``seg``) of a case, ``.nii.gz`` or ``.nii``.
+
+    Args:
+        case_dir: ``.../BraTS20_Training_XXX``.
+        name: the sequence (or ``seg``).
+
+    Returns:
+        The existing file, or None when neither ``<case>_<name>.nii.gz`` nor ``<case>_<name>.nii`` exists.
+    """
+    case_dir = Path(case_dir)
+    for fname in _expected_names(case_dir, name):
+        if (case_dir / fname).is_file():
+            return case_dir / fname
+    return None
+
+
+def _case_file_problem(case_dir: Path, name: str) -> str | None:
+    """Why the file of ``name`` cannot be used (missing, misnamed or present twice), or None when it is fine."""
+    expected = _expected_names(case_dir, name)
+    if not case_dir.is_dir():
+        return f"case folder {case_dir} does not exist (expected {expected[0]} in it); check --dataset_dir"
+    present = [f for f in expected if (case_dir / f).is_file()]
+    kind = "segmentation" if name == "seg" else "sequence"
+    if len(present) > 1:
+        return f"{' and '.join(present)} both exist ({kind} '{name}'); keep one of them"
+    if present:
+        return None
+    known = {f for n in (*SEQUENCES, "seg") for f in _expected_names(case_dir, n)}
+    others = sorted(p.name for p in case_dir.iterdir() if not p.name.startswith(".") and p.name not in known)
+    found = f"found instead: {', '.join(others[:10])}" if others else "no other file in the case folder"
+    return (
+        f"{expected[0]} missing ({kind} '{name}'; expected {expected[0]} or {expected[1]}); {found}. Rename the "
+        f"file to {expected[0] if not others or others[0].endswith('.gz') else expected[1]} if it is this "
+        f"{kind}, or pass --skip_bad_cases true to leave the case out"
+    )
+
+
+def _case_file(case_dir: Path, name: str) -> Path:
+    """The file of ``name`` of a case; DatasetError (naming the case, the names expected, the files found) if none."""
+    problem = _case_file_problem(case_dir, name)
+    if problem is not None:
+        raise DatasetError(f"{case_dir.name}: {problem}")
+    return find_case_file(case_dir, name)
+
+
+def _nested_case_hint(d: Path) -> str:
+    """A hint when the case folders sit one level below ``d`` (e.g. ``MICCAI_BraTS2020_TrainingData/``)."""
+    try:
+        nested = sorted(p for p in d.iterdir() if p.is_dir() and find_cases(p))
+    except OSError:
+        return ""
+    return f"; the case folders are in {nested[0]}: pass that folder as --dataset_dir" if nested else ""
+
+
+def _check_case(case: Path, require_label: bool) -> list[str]:
+    """Every problem of one case folder (empty when the case is fine)."""
+    problems: list[str] = []
+    names = list(SEQUENCES) + (["seg"] if require_label else [])
+    shapes: dict[str, tuple[int, ...]] = {}
+    files: dict[str, Path] = {}
+    for name in names:
+        problem = _case_file_problem(case, name)
+        if problem is not None:
+            problems.append(problem)
+            continue
+        f = files[name] = find_case_file(case, name)
+        try:
+            img = nib.load(str(f))
+            shapes[name] = tuple(int(s) for s in img.shape)
+        except Exception as e:  # noqa: BLE001 - any reader failure is a bad file, reported by name
+            problems.append(f"{f.name} is not a readable NIfTI file ({type(e).__name__})")
+            continue
+        if len(shapes[name]) != 3:
+            problems.append(f"{f.name} has shape {shapes[name]}; expected a 3-D volume")
+    if len(set(shapes.values())) > 1:
+        detail = ", ".join(f"{k} {v}" for k, v in shapes.items())
+        problems.append(f"sequences have different shapes ({detail}); expected one shape for all")
+    if require_label and "seg" in shapes:
+        seg = files["seg"]
+        try:
+            _, data = load_nifti(seg)
+        except ValueError as e:
+            return [*problems, str(e)]
+        values = set(np.unique(data).tolist())
+        bad = sorted(v for v in values if v not in BRATS_LABELS)
+        if bad:
+            problems.append(
+                f"{seg.name} holds unexpected label values {bad[:10]}; expected only {sorted(BRATS_LABELS)}"
+            )
+    return problems
+
+
+def _check_all(dataset_dir: str | os.PathLike, require_label: bool) -> tuple[DatasetReport, dict[str, list[str]]]:
+    """The dataset report and the problems of every bad case, by case name."""
+    report = DatasetReport(str(dataset_dir))
+    report.fix = (
+        "every case folder BraTS20_Training_XXX needs BraTS20_Training_XXX_{flair,t1,t1ce,t2"
+        + (",seg" if require_label else "")
+        + "}.nii.gz (or .nii) of one shape"
+        + (", with seg values in {0,1,2,4}" if require_label else "")
+        + "; repair the cases listed, or pass --skip_bad_cases true to leave them out (they are then listed in "
+        "<output_dir>/skipped_cases.json)"
+    )
+    bad: dict[str, list[str]] = {}
+    d = Path(dataset_dir)
+    if not d.is_dir():
+        report.add(str(d), "dataset folder does not exist; pass --dataset_dir pointing at the BraTS 2020 folder")
+        return report, bad
+    cases = find_cases(d)
+    report.n_cases = len(cases)
+    if not cases:
+        report.add(
+            d.name, "no case folders named BraTS20_* found (expected BraTS20_Training_001/ ...)" + _nested_case_hint(d)
+        )
+        return report, bad
+    for case in cases:
+        problems = _check_case(case, require_label)
+        for problem in problems:
+            report.add(case.name, problem)
+        if problems:
+            bad[case.name] = problems
+    return report, bad
 
 
 def verify_dataset(dataset_dir: str | os.PathLike, require_label: bool = True) -> DatasetReport:
     """Check every case of a BraTS-layout dataset before any compute; list every bad case by name.
 
     Checks: at least one ``BraTS20_*`` case folder; all four sequences (and ``seg`` when ``require_label``)
-    present and readable; all files of a case of the same 3-D shape; ``seg`` values in {0, 1, 2, 4}.
+    present as ``.nii.gz`` or ``.nii`` (not both) and readable; all files of a case of the same 3-D shape; ``seg``
+    values in {0, 1, 2, 4}. A missing file is reported with the names expected and the files found instead.
 
     Args:
         dataset_dir: the dataset folder.
@@ -87,54 +239,7 @@ def verify_dataset(dataset_dir: str | os.PathLike, require_label: bool = True) -
     Returns:
         A :class:`DatasetReport` (``report.ok`` / ``report.raise_if_bad()``).
     """
-    report = DatasetReport(str(dataset_dir))
-    report.fix = (
-        "every case folder BraTS20_Training_XXX needs BraTS20_Training_XXX_{flair,t1,t1ce,t2,seg}.nii.gz of one "
-        "shape, with seg values in {0,1,2,4}; remove or repair the cases listed"
-    )
-    d = Path(dataset_dir)
-    if not d.is_dir():
-        report.add(str(d), "dataset folder does not exist; pass --dataset_dir pointing at the BraTS 2020 folder")
-        return report
-    cases = find_cases(d)
-    report.n_cases = len(cases)
-    if not cases:
-        report.add(d.name, "no case folders named BraTS20_* found (expected BraTS20_Training_001/ ...)")
-        return report
-    for case in cases:
-        names = list(SEQUENCES) + (["seg"] if require_label else [])
-        shapes: dict[str, tuple[int, ...]] = {}
-        for name in names:
-            f = _case_file(case, name)
-            if not f.is_file():
-                report.add(case.name, f"{f.name} missing (sequence '{name}'); expected all of {names}")
-                continue
-            try:
-                img = nib.load(str(f))
-                shapes[name] = tuple(int(s) for s in img.shape)
-            except Exception as e:  # noqa: BLE001 - any reader failure is a bad file, reported by name
-                report.add(case.name, f"{f.name} is not a readable NIfTI file ({type(e).__name__})")
-                continue
-            if len(shapes[name]) != 3:
-                report.add(case.name, f"{f.name} has shape {shapes[name]}; expected a 3-D volume")
-        if len(set(shapes.values())) > 1:
-            detail = ", ".join(f"{k} {v}" for k, v in shapes.items())
-            report.add(case.name, f"sequences have different shapes ({detail}); expected one shape for all")
-        seg = _case_file(case, "seg")
-        if require_label and "seg" in shapes:
-            try:
-                _, data = load_nifti(seg)
-            except ValueError as e:
-                report.add(case.name, str(e))
-                continue
-            values = set(np.unique(data).tolist())
-            bad = sorted(v for v in values if v not in BRATS_LABELS)
-            if bad:
-                report.add(
-                    case.name,
-                    f"{seg.name} holds unexpected label values {bad[:10]}; expected only {sorted(BRATS_LABELS)}",
-                )
-    return report
+    return _check_all(dataset_dir, require_label)[0]
 
 
 def brats_datalist(
@@ -142,14 +247,19 @@ def brats_datalist(
     split: str = "train",
     val_fraction: float = 0.2,
     test_fraction: float = 0.2,
+    exclude: Sequence[str] | None = None,
 ) -> list[dict[str, str]]:
     """Deterministic split of the cases: ``[{"case": name, "dir": path}, ...]``.
+
+    The split is made on all case folders, then the ``exclude``d cases are dropped from it, so leaving out a bad
+    case moves no other case into another split.
 
     Args:
         dataset_dir: the dataset folder.
         split: ``"train"``, ``"validation"``, ``"test"`` or ``"all"``.
         val_fraction: fraction of cases for validation, in [0, 1). Default 0.2 (at least 1 case when >= 3 cases).
         test_fraction: fraction of cases for the test split, in [0, 1). Default 0.2 (same rule).
+        exclude: case names to leave out (the skipped bad cases from :func:`check_cases`). Default None.
 
     Raises:
         ConfigError: unknown split or fractions out of range. DatasetError: no case found.
@@ -162,8 +272,9 @@ def brats_datalist(
     if not cases:
         raise DatasetError(f"{dataset_dir}: no BraTS20_* case folders; point --dataset_dir at the BraTS 2020 folder")
     items = [{"case": c.name, "dir": str(c)} for c in cases]
+    drop = set(exclude or ())
     if split == "all":
-        return items
+        return [i for i in items if i["case"] not in drop]
     n = len(items)
     n_test = max(1, round(n * tf)) if (tf > 0 and n >= 3) else 0
     n_val = max(1, round(n * vf)) if (vf > 0 and n >= 3) else 0
@@ -171,10 +282,85 @@ def brats_datalist(
         n_test, n_val = min(n_test, 1), min(n_val, 1)
     n_train = n - n_val - n_test
     if split == "train":
-        return items[:n_train]
-    if split == "validation":
-        return items[n_train : n_train + n_val]
-    return items[n_train + n_val :]
+        chosen = items[:n_train]
+    elif split == "validation":
+        chosen = items[n_train : n_train + n_val]
+    else:
+        chosen = items[n_train + n_val :]
+    return [i for i in chosen if i["case"] not in drop]
+
+
+SKIPPED_CASES_FILE = "skipped_cases.json"
+
+
+def check_cases(
+    dataset_dir: str | os.PathLike,
+    demo_dir: str | os.PathLike | None = None,
+    output_dir: str | os.PathLike | None = None,
+    skip_bad_cases: bool | str = False,
+    require_label: bool = True,
+    record: bool = True,
+) -> list[str]:
+    """Check every case before any compute: refuse bad cases (default) or leave them out, listed and recorded.
+
+    The bundle's ``initialize`` step. When ``dataset_dir`` is the bundle's (empty) demo folder the demo dataset is
+    written there first. With ``skip_bad_cases`` the bad cases are printed and written to
+    ``<output_dir>/skipped_cases.json`` (``{"dataset_dir", "n_cases", "skipped": [{"case", "reasons"}]}``); a
+    stale record of an earlier run is removed when nothing is skipped.
+
+    Args:
+        dataset_dir: the dataset folder.
+        demo_dir: the bundle's demo folder (None: never write the demo).
+        output_dir: where ``skipped_cases.json`` is written (None: not written).
+        skip_bad_cases: leave bad cases out instead of stopping (``true``/``false`` from the command line).
+        require_label: whether ``seg`` is required (False for inference inputs). Default True.
+        record: print and record the skipped cases (False on DDP ranks other than 0). Default True.
+
+    Returns:
+        The names of the skipped cases (pass them as ``exclude`` to :func:`brats_datalist`); empty when none.
+
+    Raises:
+        DatasetError: a bad case without ``skip_bad_cases`` (every bad case listed, with the fix), no case folder,
+            or no good case left.
+    """
+    from tlk_components.utils.io import atomic_write_json
+    from tlk_components.utils.validation import parse_flag
+    from tlk_components.zoo.datasets import write_demo_dataset
+
+    skip = parse_flag("skip_bad_cases", skip_bad_cases)
+    d = Path(dataset_dir)
+    if demo_dir is not None and d.resolve() == Path(demo_dir).resolve() and not (d.is_dir() and any(d.iterdir())):
+        if require_label:
+            write_demo_dataset("brats_mri_box_localization", d, size="demo")
+        else:
+            write_demo(d, size="demo")
+    report, bad = _check_all(d, require_label)
+    if not skip or not bad or len(bad) == report.n_cases:
+        if bad and len(bad) == report.n_cases and skip:
+            report.fix = "no good case is left to use; repair the cases listed"
+        report.raise_if_bad()
+    record_path = Path(output_dir) / SKIPPED_CASES_FILE if output_dir is not None else None
+    if not bad:
+        if record and record_path is not None and record_path.is_file():
+            record_path.unlink()
+        return []
+    if record:
+        lines = [f"  - {case}: {'; '.join(reasons)}" for case, reasons in bad.items()]
+        where = f"; recorded in {record_path}" if record_path is not None else ""
+        print(
+            f"skip_bad_cases: leaving out {len(bad)} of {report.n_cases} case(s) of {d}{where}:\n" + "\n".join(lines),
+            flush=True,
+        )
+        if record_path is not None:
+            atomic_write_json(
+                record_path,
+                {
+                    "dataset_dir": str(d),
+                    "n_cases": report.n_cases,
+                    "skipped": [{"case": case, "reasons": reasons} for case, reasons in bad.items()],
+                },
+            )
+    return sorted(bad)
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -226,8 +412,9 @@ def load_case(
     case_dir = Path(case_dir)
     chans, ref = [], None
     for name in SEQUENCES:
+        path = _case_file(case_dir, name)
         try:
-            img, data = load_nifti(_case_file(case_dir, name))
+            img, data = load_nifti(path)
         except ValueError as e:
             raise DatasetError(f"{case_dir.name}: {e}") from None
         if ref is None:
@@ -239,8 +426,9 @@ def load_case(
     image = np.asarray(NormalizeIntensity(nonzero=True, channel_wise=True)(image), dtype=np.float32)
     label = None
     if with_label:
+        path = _case_file(case_dir, "seg")
         try:
-            _, seg = load_nifti(_case_file(case_dir, "seg"))
+            _, seg = load_nifti(path)
         except ValueError as e:
             raise DatasetError(f"{case_dir.name}: {e}") from None
         if seg.shape != ref.shape:
@@ -266,17 +454,254 @@ def load_case(
     return out
 
 
+# ----------------------------------------------------------------------------------------------- cache
+CACHE_MODES: tuple[str, ...] = ("memory", "disk")
+_CACHE_VERSION = 1
+_MB = 1024**2
+
+
+def case_cache_bytes(
+    case_dir: str | os.PathLike, image_size: Sequence[int] = (96, 96), max_slices: int = 48, with_label: bool = True
+) -> int:
+    """Bytes one case takes in the cache, from the FLAIR header only (no voxel is read).
+
+    ``Z' x H x W x (4 channels x 4 bytes float32 + 1 byte uint8 label)`` with ``Z' = min(Z, max_slices)``
+    (``Z`` when ``max_slices`` is 0) and ``(H, W) = image_size``: 7.2 MiB at the default 96x96, 48 slices;
+    45 MiB at 240x240, 48 slices; 145 MiB at 240x240 with all 155 slices.
+
+    Raises:
+        DatasetError: the FLAIR file is missing or unreadable (names the case).
+    """
+    case_dir = Path(case_dir)
+    f = _case_file(case_dir, "flair")
+    try:
+        z = int(nib.load(str(f)).shape[-1])
+    except Exception as e:  # noqa: BLE001 - any reader failure is a bad file, reported by name
+        raise DatasetError(f"{case_dir.name}: {f.name} is not a readable NIfTI file ({type(e).__name__})") from None
+    zp = min(z, int(max_slices)) if int(max_slices) > 0 else z
+    h, w = (int(v) for v in image_size)
+    return zp * h * w * (len(SEQUENCES) * 4 + (1 if with_label else 0))
+
+
+def estimate_cache_bytes(
+    data: Sequence[dict[str, str]], image_size: Sequence[int] = (96, 96), max_slices: int = 48, with_label: bool = True
+) -> int:
+    """Total cache size of a datalist (sum of :func:`case_cache_bytes`), from the headers only."""
+    return sum(case_cache_bytes(d["dir"], image_size, max_slices, with_label) for d in data)
+
+
+def available_memory_bytes() -> int | None:
+    """Memory available to this process: ``MemAvailable`` of ``/proc/meminfo`` (else ``SC_AVPHYS_PAGES``), capped
+    by a cgroup v2 memory limit (containers); None when it cannot be read."""
+    avail = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError, IndexError):
+        pass
+    if avail is None:
+        try:
+            avail = int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):
+            avail = None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+            room = max(int(limit) - used, 0)
+            avail = room if avail is None else min(avail, room)
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+def _cache_fix() -> str:
+    return (
+        "use a disk cache (--cache disk --cache_dir <folder on a fast disk>: each case is stored once as "
+        "memory-mapped .npy files and read slice by slice), or lower the cache with a smaller --image_size or "
+        "--max_slices, or use fewer cases"
+    )
+
+
+def check_cache_fits(
+    data: Sequence[dict[str, str]],
+    image_size: Sequence[int],
+    max_slices: int,
+    with_label: bool,
+    cache: str = "memory",
+    cache_dir: str | os.PathLike | None = None,
+    what: str = "dataset",
+) -> int:
+    """Estimate the cache of ``data`` before loading, log it, and refuse one that cannot fit.
+
+    Args:
+        data: the datalist.
+        image_size: in-plane size.
+        max_slices: mean-intensity projection target (0 = off).
+        with_label: whether labels are cached.
+        cache: ``"memory"`` (checked against the available memory) or ``"disk"`` (against the free space of
+            ``cache_dir``, counting cases cached earlier as present).
+        cache_dir: the disk cache folder.
+        what: the dataset's name in messages.
+
+    Returns:
+        The estimated cache size in bytes.
+
+    Raises:
+        DatasetError: the cache exceeds the available memory (or free disk space); the message says how to use a
+            disk cache or lower the cache.
+    """
+    n = len(data)
+    total = estimate_cache_bytes(data, image_size, max_slices, with_label)
+    per_case = total / max(n, 1)
+    size = f"{n} case(s) x {per_case / _MB:.1f} MB = {total / _MB:.0f} MB"
+    settings = f"image_size={list(image_size)}, max_slices={max_slices}"
+    if cache == "memory":
+        avail = available_memory_bytes()
+        room = "unknown" if avail is None else f"{avail / _MB:.0f} MB"
+        logger.info("%s: in-memory cache of %s (%s); available memory %s", what, size, settings, room)
+        if avail is not None and total > avail:
+            raise DatasetError(
+                f"{what}: the in-memory cache needs about {size} ({settings}) but only {room} of memory is "
+                f"available; {_cache_fix()}"
+            )
+        return total
+    folder = Path(cache_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(
+            f"cache_dir {folder} cannot be created ({type(e).__name__}: {e.strerror or e}); pass --cache_dir with a "
+            "folder you can write to"
+        ) from None
+    missing = sum(
+        case_cache_bytes(d["dir"], image_size, max_slices, with_label)
+        for d in data
+        if not (folder / f"{_cache_key(Path(d['dir']), image_size, max_slices, with_label)}.json").is_file()
+    )
+    free = shutil.disk_usage(folder).free
+    logger.info(
+        "%s: disk cache of %s (%s) in %s; %.0f MB to write, %.0f MB free",
+        what,
+        size,
+        settings,
+        folder,
+        missing / _MB,
+        free / _MB,
+    )
+    if missing > free:
+        raise DatasetError(
+            f"{what}: the disk cache in {folder} needs {missing / _MB:.0f} MB more but only {free / _MB:.0f} MB "
+            f"is free; pass --cache_dir on a disk with more room, or lower --image_size or --max_slices"
+        )
+    return total
+
+
+def _cache_key(case_dir: Path, image_size: Sequence[int], max_slices: int, with_label: bool) -> str:
+    """File stem of a case in the disk cache: the case name and a hash of its files and the cache settings."""
+    names = [*SEQUENCES, "seg"] if with_label else list(SEQUENCES)
+    stats = []
+    for name in names:
+        f = _case_file(case_dir, name)
+        st = f.stat()
+        stats.append([f.name, st.st_size, st.st_mtime_ns])
+    key = [str(case_dir.resolve()), stats, [int(v) for v in image_size], int(max_slices), bool(with_label)]
+    digest = hashlib.sha1(json.dumps([_CACHE_VERSION, key]).encode()).hexdigest()[:16]
+    return f"{case_dir.name}_{digest}"
+
+
+def _load_cached(
+    d: dict[str, str],
+    image_size: Sequence[int],
+    max_slices: int,
+    with_label: bool,
+    cache: str,
+    cache_dir: str | os.PathLike | None,
+) -> dict[str, Any]:
+    """One case, held in memory (``cache="memory"``) or memory-mapped from ``cache_dir`` (``"disk"``)."""
+    if cache == "memory":
+        return load_case(d["dir"], image_size, max_slices, with_label)
+    from tlk_components.utils.io import atomic_write_json
+
+    case_dir = Path(d["dir"])
+    folder = Path(cache_dir)
+    stem = _cache_key(case_dir, image_size, max_slices, with_label)
+    meta_path = folder / f"{stem}.json"
+    arrays = ["image", "label"] if with_label else ["image"]
+    if not meta_path.is_file():
+        vol = load_case(case_dir, image_size, max_slices, with_label)
+        for key in arrays:
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{stem}.{key}.", suffix=".npy")
+            with os.fdopen(fd, "wb") as fh:
+                np.save(fh, vol[key].numpy())
+            os.replace(tmp, folder / f"{stem}.{key}.npy")
+        atomic_write_json(
+            meta_path,
+            {
+                "case": vol["case"],
+                "affine": np.asarray(vol["affine"]).tolist(),
+                "orig_shape": list(vol["orig_shape"]),
+                "ranges": np.asarray(vol["ranges"]).tolist(),
+            },
+        )
+    meta = json.loads(meta_path.read_text())
+    out: dict[str, Any] = {
+        "case": meta["case"],
+        "affine": np.asarray(meta["affine"], dtype=np.float64),
+        "orig_shape": tuple(meta["orig_shape"]),
+        "ranges": np.asarray(meta["ranges"], dtype=np.int64).reshape(-1, 2),
+    }
+    for key in arrays:
+        out[key] = np.load(folder / f"{stem}.{key}.npy", mmap_mode="r")
+    return out
+
+
+def _tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """A tensor of a cached array (a copy when it is memory-mapped from the disk cache)."""
+    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.array(x))
+
+
+def _load_all(
+    data: Sequence[dict[str, str]],
+    image_size: Sequence[int],
+    max_slices: int,
+    with_label: bool,
+    cache: str,
+    cache_dir: str | os.PathLike | None,
+    what: str,
+) -> list[dict[str, Any]]:
+    from tlk_components.utils.validation import look_up_option
+
+    if len(data) == 0:
+        raise DatasetError(f"{what}: the datalist is empty; check --dataset_dir and the split")
+    cache = look_up_option("cache", cache, CACHE_MODES)
+    if cache == "disk" and not cache_dir:
+        raise ConfigError("cache='disk' needs a cache folder: pass --cache_dir <folder on a fast disk>")
+    size = check_image_size(image_size)
+    check_cache_fits(data, size, max_slices, with_label, cache, cache_dir, what)
+    return [_load_cached(d, size, max_slices, with_label, cache, cache_dir) for d in data]
+
+
 class BratsVolumeDataset(torch.utils.data.Dataset):
-    """Whole volumes (as stacks of slices), cached in memory: one item per case (evaluation and inference).
+    """Whole volumes (as stacks of slices), cached: one item per case (evaluation and inference).
 
     Args:
         data: datalist from :func:`brats_datalist` (``[{"case", "dir"}, ...]``).
         image_size: in-plane size. Default (96, 96).
         max_slices: mean-intensity projection target (0 = off). Default 48.
         with_label: load labels. Default True.
+        cache: ``"memory"`` (default) or ``"disk"`` (memory-mapped ``.npy`` files in ``cache_dir``, written once
+            per case and settings). The cache size is estimated and checked before loading
+            (:func:`check_cache_fits`).
+        cache_dir: the disk cache folder (``cache="disk"``). Default None.
 
     Items: ``{"case": str, "image": [Z, 4, H, W], "label": [Z, 1, H, W] (with labels), "affine": [4, 4],
     "orig_shape": [3], "ranges": [Z, 2]}`` — use ``batch_size=1``.
+
+    Raises:
+        DatasetError: empty datalist, a bad case, or a cache that does not fit. ConfigError: bad ``cache``.
     """
 
     def __init__(
@@ -285,10 +710,10 @@ class BratsVolumeDataset(torch.utils.data.Dataset):
         image_size: Sequence[int] = (96, 96),
         max_slices: int = 48,
         with_label: bool = True,
+        cache: str = "memory",
+        cache_dir: str | os.PathLike | None = None,
     ) -> None:
-        if len(data) == 0:
-            raise DatasetError("BratsVolumeDataset: the datalist is empty; check --dataset_dir and the split")
-        self.volumes = [load_case(d["dir"], image_size, max_slices, with_label) for d in data]
+        self.volumes = _load_all(data, image_size, max_slices, with_label, cache, cache_dir, "BratsVolumeDataset")
 
     def __len__(self) -> int:
         return len(self.volumes)
@@ -297,24 +722,26 @@ class BratsVolumeDataset(torch.utils.data.Dataset):
         v = self.volumes[i]
         item = {
             "case": v["case"],
-            "image": v["image"],
+            "image": _tensor(v["image"]),
             "affine": torch.as_tensor(v["affine"]),
             "orig_shape": torch.tensor(v["orig_shape"]),
             "ranges": torch.as_tensor(v["ranges"]),
         }
         if "label" in v:
-            item["label"] = v["label"]
+            item["label"] = _tensor(v["label"])
         return item
 
 
 class BratsSliceDataset(torch.utils.data.Dataset):
-    """2-D slices of volumes cached in memory (slice-wise training, the source document's setting).
+    """2-D slices of cached volumes (slice-wise training, the source document's setting).
 
     Args:
         data: datalist from :func:`brats_datalist`.
         image_size: in-plane size. Default (96, 96).
         max_slices: mean-intensity projection target (0 = off). Default 48.
         transform: callable applied to every item dict (e.g. random flips then ``BoxTargetsd``). Default None.
+        cache: ``"memory"`` (default) or ``"disk"`` (see :class:`BratsVolumeDataset`).
+        cache_dir: the disk cache folder (``cache="disk"``). Default None.
 
     Items: ``{"image": [4, H, W] float32, "label": [1, H, W] uint8, "case": str, "slice": int}``.
     """
@@ -325,10 +752,10 @@ class BratsSliceDataset(torch.utils.data.Dataset):
         image_size: Sequence[int] = (96, 96),
         max_slices: int = 48,
         transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        cache: str = "memory",
+        cache_dir: str | os.PathLike | None = None,
     ) -> None:
-        if len(data) == 0:
-            raise DatasetError("BratsSliceDataset: the datalist is empty; check --dataset_dir and the split")
-        self.volumes = [load_case(d["dir"], image_size, max_slices, True) for d in data]
+        self.volumes = _load_all(data, image_size, max_slices, True, cache, cache_dir, "BratsSliceDataset")
         self.index = [(v, z) for v, vol in enumerate(self.volumes) for z in range(vol["image"].shape[0])]
         self.transform = transform
 
@@ -338,7 +765,7 @@ class BratsSliceDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         v, z = self.index[i]
         vol = self.volumes[v]
-        item = {"image": vol["image"][z], "label": vol["label"][z], "case": vol["case"], "slice": z}
+        item = {"image": _tensor(vol["image"][z]), "label": _tensor(vol["label"][z]), "case": vol["case"], "slice": z}
         return self.transform(item) if self.transform is not None else item
 
 

@@ -8,6 +8,11 @@ Layouts read (the first that matches wins):
   ``load_decathlon_datalist`` format; nnU-Net v1 raw folders with ``x_0000.nii.gz`` images are accepted too).
 * BTCV folders without a json: ``imagesTr/img0001.nii.gz`` paired with ``labelsTr/label0001.nii.gz``
   (13 organs, labels 0-13), ``imagesTs/img0061.nii.gz`` unlabelled.
+* The Synapse download as unpacked (``RawData.zip``): ``RawData/Training/img/img0001.nii.gz`` paired with
+  ``RawData/Training/label/label0001.nii.gz``, ``RawData/Testing/img/img0061.nii.gz`` unlabelled; ``dataset_dir``
+  may be the folder holding ``RawData`` or ``RawData`` itself.
+
+:func:`detect_layout` decides which one a folder holds (and lists the accepted layouts when none matches).
 
 The demo writer draws multi-organ phantoms (:mod:`tlk_components.data.phantoms`) in the BTCV layout, with a
 ``dataset.json`` (training/validation/test) next to the folders, like MONAI's BTCV tutorial.
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +36,11 @@ from tlk_components.zoo.datasets import DatasetReport
 __all__ = [
     "BTCV_CLASS_NAMES",
     "BTCV_STYLE",
+    "LAYOUTS",
     "SIZES",
+    "DatasetLayout",
     "btcv_datalist",
+    "detect_layout",
     "label_names",
     "msd_datalist",
     "msd_pairs",
@@ -203,18 +212,92 @@ def msd_datalist(dataset_dir: str | os.PathLike, key: str = "training") -> list[
     return out
 
 
-def _folder_pairs(base: Path, report: DatasetReport | None = None) -> list[CasePair]:
-    """BTCV pairs from ``imagesTr``/``labelsTr`` (``imgNNNN`` <-> ``labelNNNN``, or equal names)."""
+#: The dataset layouts read, as shown in error messages (``dataset_dir`` relative paths).
+LAYOUTS: dict[str, str] = {
+    "msd": "MSD / MONAI: dataset.json with 'labels' and 'training' lists (imagesTr/, labelsTr/ next to it)",
+    "btcv": "BTCV folders: imagesTr/img0001.nii.gz + labelsTr/label0001.nii.gz (imagesTs/ unlabelled)",
+    "synapse": "Synapse download: RawData/Training/img/img0001.nii.gz + RawData/Training/label/label0001.nii.gz "
+    "(RawData/Testing/img/ unlabelled; dataset_dir may be RawData itself)",
+}
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    """Where a dataset folder keeps its files.
+
+    Attributes:
+        name: ``"msd"``, ``"btcv"`` or ``"synapse"`` (see :data:`LAYOUTS`).
+        root: the dataset folder as given.
+        images: folder of the labelled images (None for ``msd``: the json lists them).
+        labels: folder of their labels (None for ``msd``).
+        tests: folder of unlabelled test images (None for ``msd`` or when absent).
+    """
+
+    name: str
+    root: Path
+    images: Path | None = None
+    labels: Path | None = None
+    tests: Path | None = None
+
+
+def _nifti_files(folder: Path | None) -> list[Path]:
+    if folder is None or not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.nii*") if not p.name.startswith("."))
+
+
+def detect_layout(dataset_dir: str | os.PathLike) -> DatasetLayout:
+    """The layout of a BTCV / MSD dataset folder; the first that matches wins (``msd``, ``btcv``, ``synapse``).
+
+    Args:
+        dataset_dir: the dataset folder.
+
+    Returns:
+        The :class:`DatasetLayout` with the folders of that layout.
+
+    Raises:
+        DatasetError: the folder does not exist, or matches none of the layouts (every accepted layout is listed).
+    """
+    base = Path(dataset_dir)
+    if not base.is_dir():
+        raise DatasetError(
+            f"dataset_dir {base} does not exist; pass --dataset_dir with one of the layouts: " + _accepted()
+        )
+    if (base / "dataset.json").is_file():
+        return DatasetLayout("msd", base)
+    if (base / "imagesTr").is_dir():
+        tests = base / "imagesTs"
+        return DatasetLayout("btcv", base, base / "imagesTr", base / "labelsTr", tests if tests.is_dir() else None)
+    for raw in (base / "RawData", base):
+        if (raw / "Training" / "img").is_dir():
+            tests = raw / "Testing" / "img"
+            return DatasetLayout(
+                "synapse", base, raw / "Training" / "img", raw / "Training" / "label", tests if tests.is_dir() else None
+            )
+    raise DatasetError(
+        f"dataset_dir {base}: no known dataset layout found (no dataset.json, imagesTr/ or RawData/Training/img/); "
+        "expected one of: " + _accepted()
+    )
+
+
+def _accepted() -> str:
+    return "; ".join(f"({i}) {text}" for i, text in enumerate(LAYOUTS.values(), start=1))
+
+
+def _folder_pairs(layout: DatasetLayout, report: DatasetReport | None = None) -> list[CasePair]:
+    """Image/label pairs of a folder layout (``imgNNNN`` <-> ``labelNNNN``, or equal names)."""
+    if layout.images is None or layout.labels is None:
+        raise DatasetError(f"{layout.root}: the {layout.name} layout lists its cases in dataset.json, not in folders")
     images = (
-        check_folder_not_empty(base / "imagesTr", "*.nii*", report, "CT images")
+        check_folder_not_empty(layout.images, "*.nii*", report, "CT images")
         if report is not None
-        else sorted((base / "imagesTr").glob("*.nii*"))
+        else _nifti_files(layout.images)
     )
     pairs = []
     for img in images:
         cid = _case_id(img)
-        cand = base / "labelsTr" / img.name.replace("img", "label", 1)
-        label = cand if cand.exists() or cid.startswith("img") else base / "labelsTr" / img.name
+        cand = layout.labels / img.name.replace("img", "label", 1)
+        label = cand if cand.exists() or cid.startswith("img") else layout.labels / img.name
         pairs.append(CasePair(cid, img, label))
     return pairs
 
@@ -222,9 +305,10 @@ def _folder_pairs(base: Path, report: DatasetReport | None = None) -> list[CaseP
 def btcv_datalist(dataset_dir: str | os.PathLike, split: str = "training", val_fraction: float = 0.2) -> list[dict]:
     """Datalist of the BTCV / MSD dataset in ``dataset_dir``.
 
-    With a ``dataset.json`` its ``split`` list is used (``training``, ``validation`` or ``test``). Without one,
-    ``imagesTr`` pairs are split by sorted case id: the last ``val_fraction`` (at least one case) is
-    ``validation``; ``test`` lists ``imagesTs`` images.
+    With a ``dataset.json`` its ``split`` list is used (``training``, ``validation`` or ``test``). Without one
+    (BTCV ``imagesTr`` or Synapse ``RawData/Training/img`` folders, see :func:`detect_layout`), the labelled pairs
+    are split by sorted case id: the last ``val_fraction`` (at least one case) is ``validation``; ``test`` lists
+    the unlabelled images (``imagesTs`` or ``RawData/Testing/img``).
 
     Args:
         dataset_dir: dataset folder.
@@ -233,10 +317,14 @@ def btcv_datalist(dataset_dir: str | os.PathLike, split: str = "training", val_f
 
     Returns:
         list of ``{"image": str, "label": str}`` (no ``label`` for test images).
+
+    Raises:
+        DatasetError: the folder matches no known layout (the accepted ones are listed), or holds no image.
     """
     split = look_up_option("split", split, ("training", "validation", "test", "all"))
     base = Path(dataset_dir)
-    if (base / "dataset.json").is_file():
+    layout = detect_layout(base)
+    if layout.name == "msd":
         if split == "all":
             return msd_datalist(base, "training") + msd_datalist(base, "validation")
         if split == "validation" and not read_dataset_json(base).get("validation"):
@@ -248,8 +336,10 @@ def btcv_datalist(dataset_dir: str | os.PathLike, split: str = "training", val_f
             return items[: len(items) - max(1, round(len(items) * val_fraction))]
         return msd_datalist(base, split)
     if split == "test":
-        return [{"image": str(p)} for p in sorted((base / "imagesTs").glob("*.nii*"))]
-    items = [{"image": str(p.image), "label": str(p.label)} for p in _folder_pairs(base)]
+        return [{"image": str(p)} for p in _nifti_files(layout.tests)]
+    items = [{"image": str(p.image), "label": str(p.label)} for p in _folder_pairs(layout)]
+    if not items:
+        raise DatasetError(f"{layout.images}: no .nii/.nii.gz images found; expected {LAYOUTS[layout.name]}")
     if split == "all":
         return items
     n_val = max(1, round(len(items) * val_fraction))
@@ -281,8 +371,8 @@ def num_classes(dataset_dir: str | os.PathLike) -> int:
 def verify_dataset(dataset_dir: str | os.PathLike) -> DatasetReport:
     """Check a BTCV / MSD dataset before any compute; every bad case is listed.
 
-    Checks: dataset.json (when present) parses and its files exist; every image has its label; files are
-    readable 3-D NIfTI; image/label geometry matches; label values are within the dataset's labels; no NaN/Inf.
+    Checks: the folder holds one of the accepted layouts (:func:`detect_layout`); dataset.json (when present)
+    parses and its files exist; every image has its label; files are readable 3-D NIfTI; image/label geometry matches; label values are within the dataset's labels; no NaN/Inf.
 
     Args:
         dataset_dir: the dataset folder.
@@ -297,18 +387,25 @@ def verify_dataset(dataset_dir: str | os.PathLike) -> DatasetReport:
         "`python -m tlk_components prepare_demo abdomen_ct_attention_segmentation DIR`",
     )
     if not base.is_dir():
-        report.add(str(base), "dataset folder does not exist; pass --dataset_dir with the BTCV or MSD layout")
+        report.add(
+            str(base), "dataset folder does not exist; pass --dataset_dir with one of the layouts: " + _accepted()
+        )
+        return report
+    try:
+        layout = detect_layout(base)
+    except DatasetError as e:
+        report.add(base.name or str(base), str(e))
         return report
     try:
         names = label_names(base)
-        if (base / "dataset.json").is_file():
+        if layout.name == "msd":
             pairs = msd_pairs(base)
             tests = msd_pairs(base, keys=("test",))
             if not pairs:
                 report.add("dataset.json", "its 'training' list is empty; expected labelled image/label entries")
         else:
-            pairs = _folder_pairs(base, report)
-            tests = [CasePair(_case_id(p), p) for p in sorted((base / "imagesTs").glob("*.nii*"))]
+            pairs = _folder_pairs(layout, report)
+            tests = [CasePair(_case_id(p), p) for p in _nifti_files(layout.tests)]
     except DatasetError as e:
         report.add("dataset.json", str(e))
         return report

@@ -6,7 +6,7 @@ Output layout (per converted dataset)::
     out_dir/
       imagesTr/<case>.nii.gz   labelsTr/<case>.nii.gz   imagesTs/<case>.nii.gz (KiTS19 cases >= 210)
       dataset.json             MSD keys (labels, training, test) + "tlk_conversion": the original orientation,
-                               affine and shape of every case, so predictions can be put back
+                               affine, shape and source file of every case, so predictions can be put back
 
 Label strategies (``label_strategy``):
 
@@ -17,6 +17,18 @@ Label strategies (``label_strategy``):
 KiTS19 always becomes {0 background, 1 kidney}: the tumour (2) is merged into the kidney, as TLK's
 ``kits_convert_label.py`` did (the source never shows tumours). Both domains are reoriented with nibabel to the
 closest canonical (RAS) axis order; :func:`from_ras` undoes it for a prediction.
+
+Output folder rules (checked before anything is written):
+
+* the output must not be the input folder, lie inside it, or contain it (``convert_amos22 A A`` would overwrite
+  its own input);
+* a new or empty output folder is written as is;
+* an output folder holding an earlier conversion of the **same** kind (same source layout and label strategy) is
+  **merged**: its cases and orientation records are kept, the new cases are added, and ``dataset.json`` lists both
+  (``tlk_conversion.sources`` names every input folder). A case id present in both with a different orientation
+  record (source file, affine, axis codes or shape) or a different role (training vs test) is a conflict: the conversion is
+  refused before writing, listing the cases. Converting the same input again is a no-op rewrite;
+* any other non-empty output folder (user data, a conversion of another dataset or label strategy) is refused.
 """
 
 from __future__ import annotations
@@ -115,6 +127,7 @@ def _write_case(img_path: Path, lbl_path: Path | None, out: Path, case: str, lab
     except ValueError as e:
         raise DatasetError(f"{case}: {e}") from None
     ras, record = to_ras(img, data)
+    record["source_file"] = str(Path(img_path).resolve())
     if lbl_path is None:
         save_nifti(ras, out / "imagesTs" / f"{case}.nii.gz")
         return record
@@ -129,7 +142,112 @@ def _write_case(img_path: Path, lbl_path: Path | None, out: Path, case: str, lab
     return record
 
 
-def _dataset_json(out: Path, name: str, labels: dict[int, str], training: list, test: list, conv: dict) -> None:
+def _check_not_overlapping(src: Path, out: Path) -> None:
+    """Refuse an output folder that is the input, lies inside it, or contains it."""
+    s, o = src.resolve(), out.resolve()
+    if o == s:
+        raise DatasetError(
+            f"output folder {out} is the input folder {src}: the conversion would overwrite its own input; "
+            "pass a new or empty folder as OUT_DIR"
+        )
+    if o.is_relative_to(s):
+        raise DatasetError(
+            f"output folder {out} lies inside the input folder {src}: the converted files would mix with the "
+            "input's; pass a folder outside the input as OUT_DIR"
+        )
+    if s.is_relative_to(o):
+        raise DatasetError(
+            f"input folder {src} lies inside the output folder {out}: the conversion would write over its own "
+            "input's parent; pass a folder outside the input as OUT_DIR"
+        )
+
+
+def _case_name(entry: Any) -> str:
+    path = entry.get("image", "") if isinstance(entry, dict) else str(entry)
+    return Path(path).name.split(".nii")[0]
+
+
+def _previous_conversion(out: Path, source_layout: str, label_strategy: str) -> dict[str, Any] | None:
+    """An earlier conversion of the same kind in ``out`` (its dataset.json), None for a new or empty folder.
+
+    Raises:
+        DatasetError: ``out`` is a file, a non-empty folder that is not a conversion, or another kind of conversion.
+    """
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise DatasetError(f"output {out} is a file; pass a new or empty folder as OUT_DIR")
+    if not any(out.iterdir()):
+        return None
+    meta = read_dataset_json(out) if (out / "dataset.json").is_file() else {}
+    conv = meta.get("tlk_conversion")
+    if not isinstance(conv, dict) or not isinstance(conv.get("cases"), dict):
+        raise DatasetError(
+            f"output folder {out} is not empty and holds no earlier conversion (no dataset.json with "
+            "'tlk_conversion'); it may be other data, which the conversion would overwrite. Pass a new or empty "
+            "folder as OUT_DIR (an interrupted conversion leaves no dataset.json: delete its folder and rerun)"
+        )
+    if conv.get("source_layout") != source_layout or conv.get("label_strategy") != label_strategy:
+        raise DatasetError(
+            f"output folder {out} holds a {conv.get('source_layout')} conversion with label_strategy "
+            f"{conv.get('label_strategy')!r}; adding {source_layout} cases with label_strategy {label_strategy!r} "
+            "would mix label conventions in one dataset.json. Pass another folder as OUT_DIR"
+        )
+    return meta
+
+
+def _check_merge(previous: dict[str, Any] | None, planned: dict[str, tuple[Path, bool]], out: Path) -> None:
+    """Refuse cases already in ``previous`` with another orientation record or another role (training/test)."""
+    if previous is None:
+        return
+    records = previous["tlk_conversion"]["cases"]
+    training = {_case_name(e) for e in previous.get("training", []) or []}
+    conflicts = []
+    for case, (img_path, labelled) in planned.items():
+        if case not in records:
+            continue
+        old, new = records[case], orientation_record(nib.load(str(img_path)))
+        same = (
+            old.get("source_file", str(img_path.resolve())) == str(img_path.resolve())
+            and old.get("axcodes") == new["axcodes"]
+            and list(old.get("shape", [])) == new["shape"]
+            and np.allclose(np.asarray(old.get("affine"), dtype=float), np.asarray(new["affine"]), atol=1e-4)
+        )
+        if not same:
+            conflicts.append(
+                f"{case}: already converted from another volume ({old.get('source_file', '?')}, "
+                f"{old.get('axcodes')} {old.get('shape')}); here it is {img_path} ({new['axcodes']} {new['shape']})"
+            )
+        elif (case in training) != labelled:
+            role = "training" if case in training else "test"
+            conflicts.append(f"{case}: already converted as a {role} case; here it is the other")
+    if conflicts:
+        raise DatasetError(
+            f"output folder {out} already holds {len(conflicts)} of these case ids with different data; "
+            "rename the cases or pass another folder as OUT_DIR",
+            conflicts,
+        )
+
+
+def _dataset_json(
+    out: Path,
+    name: str,
+    labels: dict[int, str],
+    training: list,
+    test: list,
+    conv: dict,
+    previous: dict[str, Any] | None = None,
+) -> None:
+    source = conv.pop("source")
+    if previous is not None:
+        prev_conv = previous["tlk_conversion"]
+        training = sorted({_case_name(e) for e in previous.get("training", []) or []} | set(training))
+        test = sorted({_case_name(e) for e in previous.get("test", []) or []} | set(test))
+        conv["cases"] = dict(sorted({**prev_conv["cases"], **conv["cases"]}.items()))
+        sources = list(prev_conv.get("sources", []))
+    else:
+        sources = []
+    conv["sources"] = sources + ([source] if source not in sources else [])
     atomic_write_json(
         out / "dataset.json",
         {
@@ -155,38 +273,48 @@ def convert_kits19(kits_dir: str, out_dir: str, label_strategy: str = "kidney") 
 
     Args:
         kits_dir: the KiTS19 folder (or a demo folder holding ``kits19/``).
-        out_dir: output folder (created).
+        out_dir: output folder (created): new or empty, or an earlier KiTS19 conversion with the same
+            ``label_strategy`` to merge into (see the module docstring); never the input, inside it or around it.
         label_strategy: ``"kidney"`` or ``"amos15"`` (recorded; the KiTS labels are the same).
 
     Returns:
         ``out_dir``.
 
     Raises:
-        DatasetError: the KiTS19 folder fails verification.
+        DatasetError: the KiTS19 folder fails verification, or ``out_dir`` is refused (input overlap, other data,
+            another kind of conversion, or conflicting case ids); nothing is written then.
     """
     label_strategy = look_up_option("label_strategy", label_strategy, LABEL_STRATEGIES)
     base = Path(kits_dir)
     if (base / "kits19").is_dir():
         base = base / "kits19"
-    verify_kits19(base).raise_if_bad()
     out = Path(out_dir)
-    training, test, records = [], [], {}
-    tumour_to_kidney = np.array([0, 1, 1], dtype=np.int64)
+    _check_not_overlapping(base, out)
+    verify_kits19(base).raise_if_bad()
+    previous = _previous_conversion(out, "kits19", label_strategy)
+    planned: dict[str, tuple[Path, bool]] = {}
     for case in sorted(p for p in base.glob("case_*") if p.is_dir()):
         seg = case / "segmentation.nii.gz"
-        labelled = int(case.name.split("_")[1]) < KITS19_FIRST_TEST_CASE and seg.is_file()
-        records[case.name] = _write_case(
-            case / "imaging.nii.gz", seg if labelled else None, out, case.name, tumour_to_kidney
+        planned[case.name] = (
+            case / "imaging.nii.gz",
+            int(case.name.split("_")[1]) < KITS19_FIRST_TEST_CASE and seg.is_file(),
         )
-        (training if labelled else test).append(case.name)
+    _check_merge(previous, planned, out)
+    training, test, records = [], [], {}
+    tumour_to_kidney = np.array([0, 1, 1], dtype=np.int64)
+    for name, (img, labelled) in planned.items():
+        seg = img.parent / "segmentation.nii.gz"
+        records[name] = _write_case(img, seg if labelled else None, out, name, tumour_to_kidney)
+        (training if labelled else test).append(name)
     conv = {
         "source_layout": "kits19",
         "label_strategy": label_strategy,
         "tumour": "merged into kidney",
         "orientation": "RAS",
         "cases": records,
+        "source": str(base.resolve()),
     }
-    _dataset_json(out, "KiTS19-kidney", {0: "background", 1: "kidney"}, training, test, conv)
+    _dataset_json(out, "KiTS19-kidney", {0: "background", 1: "kidney"}, training, test, conv, previous)
     return str(out)
 
 
@@ -195,7 +323,8 @@ def convert_amos22(amos_dir: str, out_dir: str, label_strategy: str = "amos15") 
 
     Args:
         amos_dir: the AMOS22 folder (or a demo folder holding ``amos22/``).
-        out_dir: output folder (created).
+        out_dir: output folder (created): new or empty, or an earlier AMOS22 conversion with the same
+            ``label_strategy`` to merge into (see the module docstring); never the input, inside it or around it.
         label_strategy: ``"amos15"`` (keep the 15 organs; default, TLK's choice) or ``"kidney"`` (right and
             left kidney -> 1, all else 0).
 
@@ -203,23 +332,30 @@ def convert_amos22(amos_dir: str, out_dir: str, label_strategy: str = "amos15") 
         ``out_dir``.
 
     Raises:
-        DatasetError: the AMOS22 folder fails verification.
+        DatasetError: the AMOS22 folder fails verification, or ``out_dir`` is refused (input overlap, other data,
+            another kind of conversion, or conflicting case ids); nothing is written then.
     """
     label_strategy = look_up_option("label_strategy", label_strategy, LABEL_STRATEGIES)
     base = Path(amos_dir)
     if (base / "amos22").is_dir():
         base = base / "amos22"
-    verify_amos22(base).raise_if_bad()
     out = Path(out_dir)
+    _check_not_overlapping(base, out)
+    verify_amos22(base).raise_if_bad()
+    previous = _previous_conversion(out, "amos22", label_strategy)
     if label_strategy == "kidney":
         label_map = np.zeros(len(AMOS_CLASS_NAMES), dtype=np.int64)
         label_map[[2, 3]] = 1
         labels = {0: "background", 1: "kidney"}
     else:
         label_map, labels = None, dict(AMOS_CLASS_NAMES)
+    planned = {
+        img.name.split(".nii")[0].removesuffix("_0000"): (img, True)
+        for img in sorted((base / "imagesTr").glob("*.nii*"))
+    }
+    _check_merge(previous, planned, out)
     training, records = [], {}
-    for img in sorted((base / "imagesTr").glob("*.nii*")):
-        case = img.name.split(".nii")[0].removesuffix("_0000")
+    for case, (img, _) in planned.items():
         records[case] = _write_case(img, base / "labelsTr" / img.name, out, case, label_map)
         training.append(case)
     conv = {
@@ -228,8 +364,9 @@ def convert_amos22(amos_dir: str, out_dir: str, label_strategy: str = "amos15") 
         "orientation": "RAS",
         "cases": records,
         "source_labels": read_dataset_json(base).get("labels", {}),
+        "source": str(base.resolve()),
     }
-    _dataset_json(out, f"AMOS22-{label_strategy}", labels, training, [], conv)
+    _dataset_json(out, f"AMOS22-{label_strategy}", labels, training, [], conv, previous)
     return str(out)
 
 

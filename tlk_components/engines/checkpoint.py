@@ -11,20 +11,38 @@ MONAI's ``CheckpointSaver`` writes with ``atomic=False``; a crash mid-write can 
 
 :class:`ResumeFromLast` loads ``checkpoint_last.pt`` when the trainer starts, so re-running the same command
 continues where the previous run stopped (delete the file, or pass ``--resume false``, to start over).
+
+Safety rules (one training run per checkpoint folder):
+
+* only the same run is resumed: the last checkpoint records the run's config files and command-line overrides
+  (:func:`~tlk_components.utils.runtime.run_fingerprint`; ``--epochs``, ``--learning_rate``, ``--device`` ... may
+  change); another ``--dataset_dir``, ``--output_dir`` or config is refused with the fix;
+* a second run on the same folder at the same time is refused (lock file ``<ckpt_dir>/.lock``);
+* a new (not resumed) run never overwrites an earlier ``model.pt``: it is renamed ``model.pt.bak-<time>`` before the
+  first save, and the log says so;
+* a checkpoint that does not fit the network (architecture changed) is a clear error naming the file and the fix;
+* resuming with another ``--epochs`` / ``--learning_rate`` keeps the optimizer state but rebuilds the learning-rate
+  schedule from the current config;
+* weights or metrics that are not finite (NaN/Inf) are never saved as the best model.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import math
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from ignite.engine import Engine, Events
 
-from tlk_components.utils.io import atomic_torch_save, load_weights
+from tlk_components.utils.errors import ConfigError
+from tlk_components.utils.io import atomic_torch_save, load_state_dict_checked, load_weights, move_aside
+from tlk_components.utils.runtime import run_fingerprint
 
 __all__ = ["AtomicCheckpointSaver", "ResumeFromLast", "unwrap_model"]
 
@@ -40,6 +58,30 @@ def unwrap_model(obj: Any) -> Any:
 
 def _state(obj: Any) -> Any:
     return unwrap_model(obj).state_dict() if hasattr(obj, "state_dict") else obj
+
+
+def all_finite(state: Mapping[str, Any]) -> bool:
+    """True when every floating-point tensor of a ``state_dict`` is finite (no NaN/Inf)."""
+    return all(
+        bool(torch.isfinite(v).all()) for v in state.values() if isinstance(v, torch.Tensor) and v.is_floating_point()
+    )
+
+
+def keep_earlier_model(path: Path, engine: Engine | None) -> None:
+    """Before a new run's first write of ``path``: rename an earlier run's file to ``<name>.bak-<time>``.
+
+    Only for a run that :class:`ResumeFromLast` marked as new (``engine.state.tlk_fresh_run``: resuming was off or
+    there was nothing to resume); a resumed run's file is its own, and engines without :class:`ResumeFromLast` keep
+    their own rules.
+    """
+    if engine is None or not getattr(engine.state, "tlk_fresh_run", False):
+        return
+    kept = move_aside(path)
+    if kept is not None:
+        logger.warning(
+            f"{path} was written by an earlier run; kept it as {kept} (this run writes its own {path.name}; "
+            "pass --ckpt_dir <folder> to keep runs apart)"
+        )
 
 
 def _is_rank0() -> bool:
@@ -97,6 +139,8 @@ class AtomicCheckpointSaver:
         self.last_filename = last_filename
         self.trainer = trainer
         self.best: float | None = None
+        self._saved_best: float | None = None  # the best metric in the last checkpoint written
+        self._wrote_best = False  # this run wrote the best model (the earlier one is kept aside once)
 
     def attach(self, engine: Engine) -> None:
         """Attach to an evaluator (best model on COMPLETED) and to the trainer (last checkpoint per epoch)."""
@@ -105,6 +149,8 @@ class AtomicCheckpointSaver:
             engine.add_event_handler(Events.COMPLETED, self._save_best)
         if self.save_last and not trainer.has_event_handler(self._save_last, Events.EPOCH_COMPLETED):
             trainer.add_event_handler(Events.EPOCH_COMPLETED, self._save_last)
+            # a validation after the last epoch's save (the final validation) must reach the last checkpoint too
+            trainer.add_event_handler(Events.COMPLETED, self._save_last_if_stale)
         self.trainer = trainer
 
     def _save_best(self, engine: Engine) -> None:
@@ -114,14 +160,25 @@ class AtomicCheckpointSaver:
                 f"AtomicCheckpointSaver: metric {name!r} not in evaluator metrics {list(engine.state.metrics)}"
             )
         value = self.sign * float(engine.state.metrics[name])
+        if not math.isfinite(value):
+            logger.warning(f"{name}={value}: not a finite number; the best model is not saved")
+            return
         if self.best is None and self.trainer is not None:
             # restored by ResumeFromLast (no config reference between the two handlers is needed)
             restored = getattr(self.trainer.state, "tlk_resumed_best_metric", None)
             self.best = None if restored is None else float(restored)
         if self.best is None or value > self.best:
+            state = _state(self.save_dict["model"])
+            if not all_finite(state):
+                logger.error(f"the network's weights are not finite (NaN/Inf); {self.key_metric_filename} is not saved")
+                return
             self.best = value
             if _is_rank0():
-                atomic_torch_save(_state(self.save_dict["model"]), self.save_dir / self.key_metric_filename)
+                path = self.save_dir / self.key_metric_filename
+                if not self._wrote_best:
+                    keep_earlier_model(path, self.trainer)
+                    self._wrote_best = True
+                atomic_torch_save(state, path)
                 logger.info(
                     f"saved best model ({name}={self.sign * value:.4f}) to {self.save_dir / self.key_metric_filename}"
                 )
@@ -132,11 +189,37 @@ class AtomicCheckpointSaver:
         obj = {k: _state(v) for k, v in self.save_dict.items()}
         obj["trainer"] = {"epoch": engine.state.epoch, "iteration": engine.state.iteration}
         obj["best_metric"] = self.best
+        info = getattr(engine.state, "tlk_run_info", None)
+        obj["run_info"] = info if info is not None else run_fingerprint()
         atomic_torch_save(obj, self.save_dir / self.last_filename)
+        self._saved_best = self.best
+
+    def _save_last_if_stale(self, engine: Engine) -> None:
+        if self.best != self._saved_best and engine.state.epoch > 0:
+            self._save_last(engine)
+
+
+_SCHEDULER_PROGRESS = frozenset({"last_epoch", "_step_count", "_last_lr", "_get_lr_called_within_step", "_is_initial"})
+
+
+def _schedule_settings(state: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in state.items() if k not in _SCHEDULER_PROGRESS}
+
+
+def _differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key, "<not set>"), current.get(key, "<not set>")
+        if a != b:
+            out.append(f"{key}: {a} -> {b}")
+    return out
 
 
 class ResumeFromLast:
     """Load ``<ckpt_dir>/checkpoint_last.pt`` into ``load_dict`` and the trainer's epoch/iteration at start.
+
+    At the trainer's start it also locks ``ckpt_dir`` (``<ckpt_dir>/.lock``, held until the run ends) so that a
+    second run on the same folder is refused, and marks ``engine.state.tlk_resumed_from`` when it resumed.
 
     Args:
         ckpt_dir: folder of the last checkpoint.
@@ -148,6 +231,13 @@ class ResumeFromLast:
             (MONAI engines own ``state.best_metric``),
             where the saver finds it.
         map_location: where tensors are loaded (default CPU; modules then keep their device).
+        run_info: what identifies the run (recorded in the last checkpoint, compared when resuming); default
+            :func:`~tlk_components.utils.runtime.run_fingerprint` of the command line.
+        lock: lock ``ckpt_dir`` for the duration of the run.
+
+    Raises:
+        ConfigError: (when the trainer starts) the folder is locked by another run; the checkpoint was written by
+            another run (other dataset, output folder or config); it does not fit the network or optimizer.
     """
 
     def __init__(
@@ -158,29 +248,141 @@ class ResumeFromLast:
         enabled: bool = True,
         saver: AtomicCheckpointSaver | None = None,
         map_location: str = "cpu",
+        run_info: Mapping[str, Any] | None = None,
+        lock: bool = True,
     ) -> None:
-        self.path = Path(ckpt_dir) / filename
+        self.ckpt_dir = Path(ckpt_dir)
+        self.path = self.ckpt_dir / filename
         self.load_dict = dict(load_dict)
         self.enabled = bool(enabled)
         self.saver = saver
         self.map_location = map_location
+        self.run_info = dict(run_info) if run_info is not None else run_fingerprint()
+        self.lock = bool(lock)
+        self._lock_file: IO[str] | None = None
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self)
 
+    def acquire(self) -> None:
+        """Lock ``<ckpt_dir>/.lock`` (non-blocking; rank 0 only).
+
+        Raises:
+            ConfigError: another process holds the lock.
+        """
+        if not self.lock or self._lock_file is not None or not _is_rank0():
+            return
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        lock_path = self.ckpt_dir / ".lock"
+        f = open(lock_path, "a+")  # noqa: SIM115 - held open for the whole run
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise ConfigError(
+                f"{self.ckpt_dir} is in use by another training run (lock {lock_path}, held by {holder}); two runs "
+                "in one checkpoint folder would overwrite each other's weights. Wait for it to finish, or pass "
+                "--ckpt_dir <another folder> to run both at once"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+        self._lock_file = f
+
+    def release(self, _engine: Engine | None = None) -> None:
+        """Release the folder lock (also released when the process ends)."""
+        if self._lock_file is not None:
+            try:
+                fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
+            finally:
+                self._lock_file.close()
+                self._lock_file = None
+
+    def _check_same_run(self, ckpt: Mapping[str, Any]) -> None:
+        saved = ckpt.get("run_info")
+        if saved is None or self.run_info is None:
+            return  # written before run records existed, or run from Python code: nothing to compare
+        if saved == self.run_info:
+            return
+        diffs = [f"--{d}" for d in _differences(saved.get("overrides", {}), self.run_info.get("overrides", {}))]
+        diffs += [f"config {d}" for d in _differences(saved.get("configs", {}), self.run_info.get("configs", {}))]
+        raise ConfigError(
+            f"{self.path} belongs to another training run ({'; '.join(diffs) or 'different settings'}); resuming it "
+            "would continue that run instead of this one. Pass --resume false to start this run over in the same "
+            "folder (the earlier model.pt is kept as model.pt.bak-<time>), or --ckpt_dir <another folder> to keep "
+            "both runs"
+        )
+
     def __call__(self, engine: Engine) -> None:
+        self.acquire()
+        if not engine.has_event_handler(self.release, Events.COMPLETED):
+            # registered now, after every handler attached before the run: the files written at completion
+            # (final model, last checkpoint) are written while the folder is still locked
+            engine.add_event_handler(Events.COMPLETED, self.release)
+        engine.state.tlk_run_info = self.run_info
+        engine.state.tlk_fresh_run = True
         if not self.enabled or not self.path.is_file():
             return
         ckpt = load_weights(self.path, map_location=self.map_location)
+        self._check_same_run(ckpt)
         missing = [k for k in self.load_dict if k not in ckpt]
         if missing:
             raise KeyError(f"{self.path}: checkpoint lacks {missing}; delete it (or pass --resume false) to start over")
+        fix = f"Pass --resume false to start over (or delete {self.path})"
+        # the learning rates this config asks for, before the optimizer's saved state replaces them
+        optimizers = [o for o in self.load_dict.values() if isinstance(o, torch.optim.Optimizer)]
+        new_lrs = {id(o): [g.get("initial_lr", g["lr"]) for g in o.param_groups] for o in optimizers}
+        schedulers = {k: o for k, o in self.load_dict.items() if isinstance(o, torch.optim.lr_scheduler.LRScheduler)}
         for k, obj in self.load_dict.items():
-            unwrap_model(obj).load_state_dict(ckpt[k])
+            if k in schedulers:
+                continue
+            load_state_dict_checked(unwrap_model(obj), ckpt[k], self.path, name=k, fix=fix)
+        for k, sched in schedulers.items():
+            self._load_scheduler(k, sched, ckpt[k], new_lrs.get(id(sched.optimizer)), fix)
+        for opt in optimizers:
+            if any(
+                isinstance(s, torch.optim.lr_scheduler.LRScheduler) and s.optimizer is opt for s in schedulers.values()
+            ):
+                continue
+            lrs = new_lrs[id(opt)]
+            if [g["lr"] for g in opt.param_groups] != lrs:
+                logger.info(f"resume: learning rate {[g['lr'] for g in opt.param_groups]} -> {lrs} (from the config)")
+                for g, lr in zip(opt.param_groups, lrs, strict=False):
+                    g["lr"] = lr
         engine.state.epoch = int(ckpt["trainer"]["epoch"])
         engine.state.iteration = int(ckpt["trainer"]["iteration"])
+        engine.state.tlk_resumed_from = str(self.path)
+        engine.state.tlk_fresh_run = False
         if ckpt.get("best_metric") is not None:
             engine.state.tlk_resumed_best_metric = float(ckpt["best_metric"])
             if self.saver is not None:
                 self.saver.best = float(ckpt["best_metric"])
         logger.info(f"resumed from {self.path} at epoch {engine.state.epoch}")
+
+    def _load_scheduler(
+        self, name: str, sched: Any, saved: Mapping[str, Any], new_lrs: list[float] | None, fix: str
+    ) -> None:
+        """Load the scheduler's state, or rebuild it from the config when its settings changed (epochs, lr)."""
+        current = sched.state_dict()
+        changed = _differences(_schedule_settings(saved), _schedule_settings(current))
+        if not changed:
+            load_state_dict_checked(sched, saved, self.path, name=name, fix=fix)
+            return
+        steps = int(saved.get("last_epoch", 0))
+        lrs = list(new_lrs) if new_lrs is not None else list(sched.base_lrs)
+        for g, lr in zip(sched.optimizer.param_groups, lrs, strict=False):
+            g["lr"] = lr
+            g["initial_lr"] = lr
+        sched.base_lrs = list(lrs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()"
+            for _ in range(steps):
+                sched.step()
+        logger.warning(
+            f"resume: the {name} settings changed since {self.path} was written ({'; '.join(changed)}); kept the "
+            f"optimizer state and rebuilt the schedule from the current config at step {steps} "
+            f"(learning rate now {[g['lr'] for g in sched.optimizer.param_groups]})"
+        )

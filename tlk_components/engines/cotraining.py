@@ -58,6 +58,7 @@ from tlk_components.utils.validation import check_positive_int, check_probabilit
 
 __all__ = [
     "CoTrainer",
+    "CoTrainingComparison",
     "CoTrainingEvaluator",
     "CoTrainingPredictor",
     "MODEL_NAME",
@@ -66,6 +67,7 @@ __all__ = [
     "model_filename",
     "plot_cotraining_log",
     "predict_proba",
+    "pseudo_label_summary",
     "read_class_names",
 ]
 
@@ -332,7 +334,8 @@ def _accuracy(pred: np.ndarray, truth: np.ndarray) -> float | None:
 
 
 def plot_cotraining_log(history: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
-    """PNG of validation accuracy (each model, ensemble) and pseudo-label accuracy per co-training iteration."""
+    """PNG per co-training iteration: validation accuracy of each model and the ensemble, the accuracy of the
+    pseudo-labels added (where their true class is known), and the pool / training-set sizes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -347,13 +350,13 @@ def plot_cotraining_log(history: Sequence[Mapping[str, Any]], path: str | os.Pat
         ("val_accuracy_view0", "model 0 (view 0)"),
         ("val_accuracy_view1", "model 1 (view 1)"),
         ("val_accuracy_ensemble", "ensemble"),
-        ("pseudo_label_accuracy", "pseudo-labels added"),
+        ("pseudo_label_accuracy", "pseudo-labels added this iteration (vs. true labels)"),
     ):
         ys = [np.nan if h.get(key) is None else h[key] for h in history]
         ax.plot(its, ys, marker="o", label=label, linestyle="--" if key.startswith("pseudo") else "-")
     ax.set_xlabel("co-training iteration")
     ax.set_ylabel("accuracy")
-    ax.set_title("validation accuracy per iteration")
+    ax.set_title("validation accuracy (solid) and pseudo-label accuracy (dashed)")
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
     ax2.plot(its, [h["pool_size"] for h in history], marker="o", label="unlabelled pool")
@@ -513,6 +516,11 @@ class CoTrainer:
         train_ids = s.train
         if self.mode == "all_labels":
             known = s.unlabelled[labels[s.unlabelled] >= 0]
+            if len(s.unlabelled) and not len(known):
+                logger.warning(
+                    "mode all_labels: no unlabelled sample has a true class (a hidden_label column), so this run is "
+                    "the labelled-only baseline"
+                )
             train_ids = np.sort(np.concatenate([s.train, known]))
         self.train_ids = [train_ids.copy(), train_ids.copy()]
         self.train_labels = [labels[train_ids].copy(), labels[train_ids].copy()]
@@ -986,6 +994,157 @@ class CoTrainingEvaluator:
                 plot_cotraining_log(json.loads(log.read_text()), self.output_dir / PLOT_NAME)
         logger.info(", ".join(f"{k}={out[k]:.4f}" for k in out if "_accuracy_" in k and out[k] is not None))
         return out
+
+
+def pseudo_label_summary(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Pseudo-labels a co-training run added and their accuracy, from its per-iteration log.
+
+    Args:
+        history: rows of ``cotraining_log.json``.
+
+    Returns:
+        ``{"pseudo_labels": n added (both models), "pseudo_label_accuracy": share correct among those whose true
+        class is known, or None}``.
+    """
+    added = sum(int(h.get("added_view0") or 0) + int(h.get("added_view1") or 0) for h in history)
+    scored = [
+        (h["pseudo_label_accuracy"], int(h.get("added_view0") or 0) + int(h.get("added_view1") or 0))
+        for h in history
+        if h.get("pseudo_label_accuracy") is not None
+    ]
+    n = sum(w for _, w in scored)
+    return {"pseudo_labels": added, "pseudo_label_accuracy": sum(a * w for a, w in scored) / n if n else None}
+
+
+class CoTrainingComparison:
+    """Side by side: labelled-only baseline, co-training and full supervision, scored on the same split.
+
+    Each run is a trained ``ckpt_dir`` (``model.pt``) plus the ``output_dir`` of its training (its
+    ``cotraining_log.json`` gives the pseudo-labels added and their accuracy). Every run is evaluated by
+    :class:`CoTrainingEvaluator` (its ``metrics.json`` goes to the run's output folder), then ``output_dir`` gets
+    ``comparison.json``, ``comparison.csv``, ``comparison.md`` (a markdown table) and ``comparison.png`` (grouped
+    bars: accuracy of the ensemble and of each view per run, and the pseudo-label accuracy). A run that was not
+    trained (no ``model.pt``) is listed under ``missing`` with the config that trains it; none trained is an error.
+
+    Args:
+        splits: as for :class:`CoTrainer`.
+        dataset: :class:`TwoViewDataset` of ``splits.samples``.
+        network: the two-view network (architecture as trained).
+        runs: run name -> ``{"ckpt_dir": ..., "output_dir": ..., "config": how to train it}``, in table order.
+        output_dir: where the comparison files go.
+        inferer: runs the network (default ``SimpleInferer()``).
+        split: ``"test"`` (default) or ``"val"``.
+        device: where the network runs.
+        batch_size: samples per forward pass, >= 1 (default 256).
+
+    Raises:
+        ConfigError: ``runs`` empty or malformed; DatasetError: no run has been trained.
+    """
+
+    def __init__(
+        self,
+        splits: TwoViewSplits,
+        dataset: TwoViewDataset,
+        network: nn.Module,
+        runs: Mapping[str, Mapping[str, Any]],
+        output_dir: str | os.PathLike,
+        inferer: Callable | None = None,
+        split: str = "test",
+        device: torch.device | str = "cpu",
+        batch_size: int = 256,
+    ) -> None:
+        if not isinstance(runs, Mapping) or not runs:
+            raise ConfigError("runs: expected {name: {ckpt_dir, output_dir, config}} for at least one run")
+        for name, run in runs.items():
+            if not isinstance(run, Mapping) or not {"ckpt_dir", "output_dir"} <= set(run):
+                raise ConfigError(f"runs#{name}: expected a dict with ckpt_dir and output_dir (and config)")
+        self.splits, self.dataset, self.network = splits, dataset, network
+        self.runs = {str(k): dict(v) for k, v in runs.items()}
+        self.output_dir = Path(output_dir)
+        self.inferer, self.split, self.device, self.batch_size = inferer, split, device, batch_size
+
+    def run(self) -> dict[str, Any]:
+        """Evaluate every trained run and write the comparison files; returns ``comparison.json``'s content."""
+        import json
+
+        rows, missing = [], {}
+        acc = f"{self.split}_accuracy"
+        for name, run in self.runs.items():
+            if not (Path(run["ckpt_dir"]) / MODEL_NAME).is_file():
+                missing[name] = f"{Path(run['ckpt_dir']) / MODEL_NAME} not found; train it with {run.get('config', '')}"
+                continue
+            m = CoTrainingEvaluator(
+                self.splits,
+                self.dataset,
+                self.network,
+                ckpt_dir=run["ckpt_dir"],
+                output_dir=run["output_dir"],
+                inferer=self.inferer,
+                split=self.split,
+                device=self.device,
+                batch_size=self.batch_size,
+            ).run()
+            log = Path(run["output_dir"]) / f"{LOG_NAME}.json"
+            history = json.loads(log.read_text()) if log.is_file() else []
+            row = {
+                "run": name,
+                f"{acc}_ensemble": m[f"{acc}_ensemble"],
+                f"{acc}_view0": m[f"{acc}_view0"],
+                f"{acc}_view1": m[f"{acc}_view1"],
+                "train_size_view0": history[-1].get("train_size_view0") if history else None,
+                "train_size_view1": history[-1].get("train_size_view1") if history else None,
+                **pseudo_label_summary(history),
+            }
+            rows.append(row)
+        if not rows:
+            raise DatasetError(
+                "no run to compare has been trained: " + "; ".join(f"{k}: {v}" for k, v in missing.items())
+            )
+        out = {"split": self.split, f"n_{self.split}": int(len(getattr(self.splits, self.split))), "runs": rows}
+        if missing:
+            out["missing"] = missing
+            for name, why in missing.items():
+                logger.warning(f"comparison without {name!r}: {why}")
+        if _is_rank0():
+            self._write(out, rows, acc)
+        return out
+
+    def _write(self, out: dict[str, Any], rows: list[dict[str, Any]], acc: str) -> None:
+        cols = list(rows[0])
+        atomic_write_json(self.output_dir / "comparison.json", to_jsonable(out))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: "" if r[k] is None else r[k] for k in cols})
+        atomic_write_text(self.output_dir / "comparison.csv", buf.getvalue())
+
+        def cell(v: Any) -> str:
+            return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+        md = [f"| {' | '.join(cols)} |", "|" + "---|" * len(cols)]
+        md += [f"| {' | '.join(cell(r[k]) for k in cols)} |" for r in rows]
+        md.append("")
+        md.append(
+            f"{self.split} split: {out[f'n_{self.split}']} samples. pseudo_label_accuracy: share of the pseudo-labels "
+            "co-training added whose hidden true class matches (n/a: no true class known, or no exchange)."
+        )
+        atomic_write_text(self.output_dir / "comparison.md", "\n".join(md) + "\n")
+        series = {
+            f"{self.split} accuracy, ensemble": [r[f"{acc}_ensemble"] for r in rows],
+            f"{self.split} accuracy, view 0": [r[f"{acc}_view0"] for r in rows],
+            f"{self.split} accuracy, view 1": [r[f"{acc}_view1"] for r in rows],
+            "pseudo-label accuracy": [
+                np.nan if r["pseudo_label_accuracy"] is None else r["pseudo_label_accuracy"] for r in rows
+            ],
+        }
+        save_bar_chart(
+            series,
+            [r["run"] for r in rows],
+            self.output_dir / "comparison.png",
+            title=f"{self.split} accuracy per run, and accuracy of the pseudo-labels added",
+            ylabel="accuracy",
+        )
 
 
 class CoTrainingPredictor:

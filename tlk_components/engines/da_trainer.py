@@ -32,7 +32,8 @@ from monai.engines import Trainer
 from monai.engines.utils import IterationEvents
 
 from tlk_components.adaptation.transferrable import TransferrableModel
-from tlk_components.engines.checkpoint import unwrap_model
+from tlk_components.engines.checkpoint import all_finite, keep_earlier_model, unwrap_model
+from tlk_components.engines.handlers import EpochSetter
 from tlk_components.utils.errors import ConfigError
 from tlk_components.utils.io import atomic_torch_save, atomic_write_json
 from tlk_components.utils.validation import check_in_range, check_positive_int
@@ -59,6 +60,10 @@ class PairedLoader:
 
     Raises:
         ConfigError: both loaders None, or a loader with no batches.
+
+    Multi-process runs: :meth:`set_epoch` (called by :class:`DomainAdaptationTrainer` at every epoch start, as
+    MONAI's trainers do for a ``DataLoader`` with a ``DistributedSampler``) reseeds both loaders' samplers, so
+    every epoch, and every further pass of the shorter loader within an epoch, draws a new order.
     """
 
     def __init__(
@@ -77,9 +82,35 @@ class PairedLoader:
             raise ConfigError("PairedLoader: give epoch_length for loaders without a length")
         self.epoch_length = check_positive_int("epoch_length", epoch_length) if epoch_length else max(lengths)
         self._iters: dict[str, Iterator | None] = {"source": None, "target": None}
+        self._epoch: int | None = None
+        self._passes = {"source": 0, "target": 0}
 
     def __len__(self) -> int:
         return self.epoch_length
+
+    def set_epoch(self, epoch: int) -> None:
+        """Seed the next passes of both loaders from the trainer's ``epoch``.
+
+        Forwards to each loader's ``set_epoch`` (or its ``sampler``'s, e.g. a ``DistributedSampler``); loaders
+        without one (a plain shuffling ``DataLoader``) are left alone. The k-th pass started in this epoch gets the
+        sampler epoch ``epoch * passes_per_epoch + k``, so passes never repeat an order.
+
+        Args:
+            epoch: the trainer's epoch (``engine.state.epoch``).
+        """
+        self._epoch = int(epoch)
+        self._passes = {"source": 0, "target": 0}
+
+    def _seed_pass(self, name: str, loader: Iterable) -> None:
+        if self._epoch is None:
+            return
+        target = loader if hasattr(loader, "set_epoch") else getattr(loader, "sampler", None)
+        if not hasattr(target, "set_epoch"):
+            return
+        n = len(loader) if hasattr(loader, "__len__") else 1
+        passes_per_epoch = -(-self.epoch_length // max(n, 1)) + 1  # ceil, +1 for a pass carried over
+        target.set_epoch(self._epoch * passes_per_epoch + self._passes[name])
+        self._passes[name] += 1
 
     def _next(self, name: str) -> Any:
         loader = self.loaders[name]
@@ -91,6 +122,7 @@ class PairedLoader:
                 return next(it)
             except StopIteration:
                 pass
+        self._seed_pass(name, loader)
         it = iter(loader)
         self._iters[name] = it
         return next(it)
@@ -153,6 +185,8 @@ class DomainAdaptationTrainer(Trainer):
         self.optimizer = optimizer
         self.grad_clip = check_in_range("grad_clip", grad_clip, 0.0)
         self.image_key, self.label_key = image_key, label_key
+        if hasattr(train_data_loader, "set_epoch"):  # a new shuffle every epoch under DDP (as MONAI's Workflow)
+            EpochSetter(train_data_loader).attach(self)
 
     def _to(self, batch: Mapping[str, Any] | None, key: str) -> torch.Tensor | None:
         if batch is None:
@@ -254,6 +288,11 @@ class FinalModelSaver:
         save_dir: folder (created).
         network: the module to save (DDP / TransferrableModel wrappers are unwrapped to the backbone).
         filename: default ``model.pt``.
+
+    A run that did not resume renames an earlier run's file to ``<filename>.bak-<time>`` first (never overwrites it).
+
+    Raises:
+        ConfigError: the weights are not finite (nothing is saved).
     """
 
     def __init__(self, save_dir: str | os.PathLike, network: torch.nn.Module, filename: str = "model.pt") -> None:
@@ -263,12 +302,19 @@ class FinalModelSaver:
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
 
-    def __call__(self, _engine: Engine) -> None:
+    def __call__(self, engine: Engine) -> None:
         if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
             return
         net = unwrap_model(self.network)
         net = net.backbone if isinstance(net, TransferrableModel) else net
-        atomic_torch_save(net.state_dict(), self.path)
+        state = net.state_dict()
+        if not all_finite(state):
+            raise ConfigError(
+                f"the network's weights are not finite (NaN/Inf) at the end of training; {self.path} is not saved. "
+                "Lower --learning_rate, or check the data for NaN/Inf voxels (tlk verify-dataset)"
+            )
+        keep_earlier_model(self.path, engine)  # a new run keeps an earlier run's file as <name>.bak-<time>
+        atomic_torch_save(state, self.path)
         logger.info(f"saved final model to {self.path}")
 
 

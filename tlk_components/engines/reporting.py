@@ -19,7 +19,16 @@ from ignite.engine import Engine, Events
 
 from tlk_components.utils.io import atomic_write_bytes, atomic_write_json
 
-__all__ = ["LossCurvePlotter", "MetricsJsonWriter", "moving_average", "save_bar_chart", "save_figure", "to_jsonable"]
+__all__ = [
+    "LossCurvePlotter",
+    "MetricsJsonWriter",
+    "legend_outside",
+    "moving_average",
+    "save_bar_chart",
+    "save_figure",
+    "smoothed_curve",
+    "to_jsonable",
+]
 
 
 def _is_rank0() -> bool:
@@ -56,7 +65,11 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
 
 
 def moving_average(values: Sequence[float], window: int) -> np.ndarray:
-    """Trailing moving average; the first ``window-1`` points average what is available."""
+    """Trailing moving average; the first ``window-1`` points average what is available.
+
+    For plotting use :func:`smoothed_curve`, which drops those partial windows (their few-sample averages make a
+    spurious spike at the start of a loss curve).
+    """
     v = np.asarray(values, dtype=float)
     if window <= 1 or v.size == 0:
         return v
@@ -68,6 +81,33 @@ def moving_average(values: Sequence[float], window: int) -> np.ndarray:
     return out
 
 
+def smoothed_curve(values: Sequence[float], window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Causal moving average over full windows only: ``(x, y)`` with ``y[j]`` the mean of ``values[x[j]-window+1 :
+    x[j]+1]``, so the curve starts at index ``window - 1``, where the average is defined.
+
+    A series shorter than ``window`` is averaged over its whole length (one window of ``len(values)``).
+
+    Args:
+        values: the raw series (e.g. per-iteration losses).
+        window: window length >= 1 (1: the raw series).
+
+    Returns:
+        ``x`` (indices into ``values``) and ``y``, of equal length (empty for an empty series).
+    """
+    v = np.asarray(values, dtype=float)
+    w = max(1, min(int(window), v.size))
+    if v.size == 0:
+        return np.arange(0), v
+    c = np.cumsum(np.insert(v, 0, 0.0))
+    y = (c[w:] - c[:-w]) / w
+    return np.arange(w - 1, v.size), y
+
+
+def legend_outside(ax: Any, **kwargs: Any) -> Any:
+    """Place ``ax``'s legend to the right of the axes, off the data (figures are saved with a tight box)."""
+    return ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kwargs)
+
+
 def save_bar_chart(
     values: Mapping[str, Sequence[float]] | Sequence[float],
     labels: Sequence[str],
@@ -75,8 +115,12 @@ def save_bar_chart(
     title: str = "",
     ylabel: str = "",
     ylim: tuple[float, float] | None = (0.0, 1.0),
+    xlabel: str = "",
 ) -> Path:
-    """Grouped bar chart: one group per label, one bar per series (a single sequence is one series)."""
+    """Grouped bar chart: one group per label, one bar per series (a single sequence is one series).
+
+    Several series get a legend outside the axes, to the right, so it never covers a bar.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -92,10 +136,12 @@ def save_bar_chart(
     ax.set_xticks(x, labels)
     ax.set_title(title)
     ax.set_ylabel(ylabel)
+    if xlabel:
+        ax.set_xlabel(xlabel)
     if ylim is not None:
         ax.set_ylim(*ylim)
     if n > 1:
-        ax.legend(fontsize="small", ncol=min(n, 5))
+        legend_outside(ax, fontsize="small", ncol=1 if n <= 12 else 2)
     return save_figure(fig, path)
 
 
@@ -190,9 +236,11 @@ class LossCurvePlotter:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(7, 4))
-        ax.plot(self.losses, alpha=0.3, label="loss")
-        ax.plot(moving_average(self.losses, self.smoothing), label=f"moving average ({self.smoothing})")
+        ax.plot(np.arange(1, len(self.losses) + 1), self.losses, alpha=0.3, label="loss")
+        if self.smoothing > 1 and len(self.losses) >= self.smoothing:
+            x, y = smoothed_curve(self.losses, self.smoothing)
+            ax.plot(x + 1, y, label=f"moving average ({self.smoothing} iterations)")
         ax.set_xlabel("iteration")
         ax.set_ylabel("loss")
-        ax.legend()
+        legend_outside(ax, fontsize="small")
         save_figure(fig, self.path)

@@ -16,10 +16,19 @@ The test suite checks that ``region="volume"`` equals MONAI's GradCAM.
 **Attention-gate coefficients** (Oktay et al. 2018): the sigmoid outputs ``alpha`` of every gate's ``psi`` branch,
 recorded by forward hooks (:class:`AttentionGateRecorder`) and upsampled to the input size.
 
-Whole volumes go through MONAI's sliding-window inferer (Gaussian blending), so saliency costs a bounded amount
-of memory whatever the volume size; Grad-CAM maps are then scaled to [0, 1] per organ over the whole volume.
-Outputs (:func:`save_saliency`): one NIfTI per organ / gate with the input's affine and header, and PNG overlays
-of the maps on the CT slice where each organ's map is strongest.
+A volume of at most ``whole_volume_max_voxels`` voxels (default 160^3; padded to a multiple of the network's
+downsampling) is explained in one pass, so each organ has one set of Grad-CAM weights and the map has no window
+seams. Larger volumes go through MONAI's sliding-window inferer with Gaussian blending (bounded memory; each window
+has its own weights, which the blending smooths), as does a volume that runs out of GPU memory. Grad-CAM maps are
+then scaled to [0, 1] per organ over the whole volume.
+
+Outputs (:func:`save_saliency`): one NIfTI per organ / gate with the input's affine and header, and PNG overlays.
+The PNGs follow the convention of every PNG of the CT bundles (:func:`~tlk_components.engines.seg_inference.axial_display`):
+axial slices in radiological display (anterior up, the patient's right on the image's left, marked "R" and "L"),
+the CT in the soft-tissue window (W 400 / L 40 HU, i.e. [-160, 240]), maps drawn only inside the body (the largest
+connected region above -500 HU, holes filled slice by slice) and only where they exceed 5 % of their maximum. Each
+Grad-CAM panel shows the slice through the centroid of its organ in the prediction (the map's peak slice when the
+organ is not predicted); the attention panels show the slice through the centroid of all predicted organs.
 
 References:
     Selvaraju et al. "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based Localization". ICCV 2017.
@@ -33,6 +42,8 @@ References:
 from __future__ import annotations
 
 import difflib
+import logging
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -50,7 +61,7 @@ from nibabel.orientations import apply_orientation, io_orientation
 from torch import nn
 
 from tlk_components.engines.checkpoint import unwrap_model
-from tlk_components.engines.seg_inference import save_nifti_like
+from tlk_components.engines.seg_inference import add_lr_markers, axial_display, display_window, save_nifti_like
 from tlk_components.utils.errors import ConfigError
 from tlk_components.utils.validation import check_in_range, check_positive_int, look_up_option, parse_flag
 
@@ -61,10 +72,17 @@ __all__ = [
     "SaveSaliencyd",
     "SegmentationGradCAM",
     "attention_gate_names",
+    "body_mask",
+    "centroid_slice",
     "check_layer",
     "layer_names",
     "save_saliency",
 ]
+
+logger = logging.getLogger(__name__)
+
+#: Volumes up to this many voxels are explained in one pass (no sliding window): 160^3.
+WHOLE_VOLUME_MAX_VOXELS = 160**3
 
 _CONV_TYPES = (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
@@ -242,6 +260,8 @@ class SaliencyMapper:
         overlap: window overlap in [0, 1); default 0.25.
         classes: organ indices; default all but background.
         region: Grad-CAM score region, ``"prediction"`` (default) or ``"volume"``.
+        whole_volume_max_voxels: explain volumes of at most this many voxels in one pass (no window seams); 0 =
+            always slide windows. Default :data:`WHOLE_VOLUME_MAX_VOXELS` (160^3).
 
     Shape:
         ``__call__(image)``: ``image`` ``(1, in_channels, *spatial)`` -> dict with ``"gradcam"`` ``(K, *spatial)`` in
@@ -258,6 +278,7 @@ class SaliencyMapper:
         overlap: float = 0.25,
         classes: Sequence[int] | None = None,
         region: str = "prediction",
+        whole_volume_max_voxels: int = WHOLE_VOLUME_MAX_VOXELS,
     ) -> None:
         self.gradcam = SegmentationGradCAM(network, target_layer, classes=classes, region=region)
         self.network = network
@@ -265,6 +286,9 @@ class SaliencyMapper:
         self.sw_batch_size = check_positive_int("sw_batch_size", sw_batch_size)
         self.overlap = check_in_range("overlap", overlap, 0.0, 0.99)
         self.gate_names = attention_gate_names(network)
+        self.whole_volume_max_voxels = check_positive_int("whole_volume_max_voxels", whole_volume_max_voxels, minimum=0)
+        # the patch size is a multiple of the network's downsampling: pad whole volumes to its largest power of 2
+        self.divisor = math.gcd(*self.roi_size, 32) & -math.gcd(*self.roi_size, 32)
 
     def _window(self, x: torch.Tensor) -> torch.Tensor:
         with AttentionGateRecorder(self.network) as rec:
@@ -275,15 +299,37 @@ class SaliencyMapper:
             parts.append(F.interpolate(rec.coefficients[name], size=x.shape[2:], mode=mode, align_corners=False))
         return torch.cat(parts, dim=1)
 
+    def _whole(self, image: torch.Tensor) -> torch.Tensor:
+        """Maps of the whole volume in one pass: padded (with its minimum) to a multiple of the downsampling."""
+        pad: list[int] = []
+        for n in reversed(image.shape[2:]):
+            extra = -n % self.divisor
+            pad += [extra // 2, extra - extra // 2]
+        x = F.pad(image, pad, value=float(image.min())) if any(pad) else image
+        out = self._window(x)
+        crop = [slice(None), slice(None)]
+        for n, i in zip(image.shape[2:], range(len(pad) - 2, -1, -2), strict=True):
+            crop.append(slice(pad[i], pad[i] + n))
+        return out[tuple(crop)]
+
     def __call__(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         if image.ndim != len(self.roi_size) + 2 or image.shape[0] != 1:
             raise ValueError(
                 f"saliency: expected one image of shape (1, C, *spatial) with {len(self.roi_size)} "
                 f"spatial axes; got {tuple(image.shape)}"
             )
-        out = sliding_window_inference(
-            image, self.roi_size, self.sw_batch_size, self._window, overlap=self.overlap, mode="gaussian"
-        )
+        out = None
+        if math.prod(image.shape[2:]) <= self.whole_volume_max_voxels:
+            try:
+                out = self._whole(image)
+            except torch.OutOfMemoryError:
+                logger.warning("saliency: the whole volume does not fit in memory; using Gaussian-blended windows")
+                if image.is_cuda:
+                    torch.cuda.empty_cache()
+        if out is None:
+            out = sliding_window_inference(
+                image, self.roi_size, self.sw_batch_size, self._window, overlap=self.overlap, mode="gaussian"
+            )
         out = torch.as_tensor(out).detach()[0]
         n_gates = len(self.gate_names)
         cams = out[: out.shape[0] - n_gates].clamp_min(0)
@@ -295,12 +341,64 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "map"
 
 
-def _ct_display(ct: np.ndarray) -> tuple[float, float]:
-    lo, hi = np.percentile(ct, [1, 99])
-    return float(lo), float(hi if hi > lo else lo + 1)
+def body_mask(ct: np.ndarray, threshold: float = -500.0) -> np.ndarray:
+    """The patient's body in a CT volume: the largest connected region above ``threshold`` HU, holes filled.
+
+    Air around the patient (and the table, when not connected to the body) is excluded; air inside the body (bowel
+    gas, lungs) is kept by filling holes slice by slice along the last axis. A volume not in HU (no voxel below
+    ``threshold``) uses 5 % of its intensity range above the minimum as the threshold.
+
+    Args:
+        ct: 2-D or 3-D intensities.
+        threshold: HU above which a voxel may be body; default -500.
+
+    Returns:
+        Boolean mask of ``ct``'s shape (all False for an empty or constant image).
+    """
+    from scipy import ndimage
+
+    ct = np.asarray(ct, dtype=np.float32)
+    if ct.size == 0:
+        return np.zeros(ct.shape, bool)
+    lo, hi = float(ct.min()), float(ct.max())
+    if lo >= threshold:
+        threshold = lo + 0.05 * (hi - lo)
+    fg = ct > threshold
+    labels, n = ndimage.label(fg)
+    if n == 0:
+        return fg
+    sizes = np.bincount(labels.ravel())[1:]
+    mask = labels == int(np.argmax(sizes)) + 1
+    if mask.ndim == 3:
+        for z in range(mask.shape[-1]):
+            mask[..., z] = ndimage.binary_fill_holes(mask[..., z])
+    else:
+        mask = ndimage.binary_fill_holes(mask)
+    return mask
 
 
-def _overlay_png(ct: np.ndarray, maps: Sequence[np.ndarray], titles: Sequence[str], path: Path, suptitle: str) -> Path:
+def centroid_slice(mask: np.ndarray) -> int | None:
+    """Index along the last axis of the centroid of ``mask`` (rounded), or None when the mask is empty."""
+    m = np.asarray(mask) > 0
+    if not m.any():
+        return None
+    z = np.nonzero(m.reshape(-1, m.shape[-1]).sum(0))[0]
+    weights = m.reshape(-1, m.shape[-1]).sum(0)[z]
+    return int(np.clip(np.rint(np.average(z, weights=weights)), 0, m.shape[-1] - 1))
+
+
+def _overlay_png(
+    ct: np.ndarray,
+    maps: Sequence[np.ndarray],
+    titles: Sequence[str],
+    path: Path,
+    suptitle: str,
+    slices: Sequence[int | None] | None = None,
+) -> Path:
+    """Panels of ``maps`` over ``ct`` (all RAS-ordered), radiological display, maps masked to the body.
+
+    ``slices[i]`` is the axial slice of panel ``i``; None (or no ``slices``) = the slice of the map's peak.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -312,16 +410,21 @@ def _overlay_png(ct: np.ndarray, maps: Sequence[np.ndarray], titles: Sequence[st
     ncols = min(n, 4)
     nrows = (n + ncols - 1) // ncols
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.4 * nrows), squeeze=False)
-    vmin, vmax = _ct_display(ct)
+    vmin, vmax = display_window(ct)
+    body = body_mask(ct)
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, m, title in zip(axes.ravel(), maps, titles, strict=False):
-        z = int(np.argmax(m.reshape(-1, m.shape[-1]).max(0))) if m.ndim == 3 else 0  # slice of the peak
-        # arrays are RAS here: rotate so anterior is up and flip so the patient's right is on the left (radiological)
-        ct_slice = np.fliplr(np.rot90(ct[..., z] if ct.ndim == 3 else ct))
-        m_slice = np.fliplr(np.rot90(m[..., z] if m.ndim == 3 else m))
+    for i, (ax, m, title) in enumerate(zip(axes.ravel(), maps, titles, strict=False)):
+        z = slices[i] if slices is not None and i < len(slices) else None
+        if z is None:
+            z = int(np.argmax(m.reshape(-1, m.shape[-1]).max(0))) if m.ndim == 3 else 0  # slice of the peak
+        if ct.ndim == 3:
+            ct_slice, m_slice, b_slice = axial_display(ct, z), axial_display(m, z), axial_display(body, z)
+        else:
+            ct_slice, m_slice, b_slice = (np.fliplr(np.rot90(a)) for a in (ct, m, body))
         ax.imshow(ct_slice, cmap="gray", vmin=vmin, vmax=vmax)
-        ax.imshow(m_slice, cmap="jet", alpha=0.45 * (m_slice > 0.05), vmin=0, vmax=1)
+        ax.imshow(m_slice, cmap="jet", alpha=0.45 * ((m_slice > 0.05) & b_slice), vmin=0, vmax=1)
+        add_lr_markers(ax)
         note = f"axial slice {z} (RAS)" if float(m.max()) > 0 else "not predicted"
         ax.set_title(f"{title.replace('_', ' ')}\n({note})", fontsize=8)
     fig.suptitle(suptitle, fontsize=10)
@@ -336,12 +439,15 @@ def save_saliency(
     case: str,
     class_names: Sequence[str],
     gate_names: Sequence[str] = (),
+    segmentation: torch.Tensor | np.ndarray | None = None,
+    classes: Sequence[int] | None = None,
 ) -> list[Path]:
     """Write Grad-CAM and attention maps as NIfTI (the input's affine and header) and PNG overlays on the CT.
 
     Files, in ``<output_dir>/<case>/``: ``gradcam_<organ>.nii.gz`` per organ, ``attention_gate<i>.nii.gz`` per gate
-    (``i = 0`` finest), ``gradcam.png`` (one panel per organ on the axial slice holding its map's peak) and
-    ``attention.png`` (gate ``i`` is ``gate_names[i]``, finest first).
+    (``i = 0`` finest), ``gradcam.png`` (one panel per organ on the axial slice through the organ's centroid in
+    ``segmentation``; the map's peak slice without one) and ``attention.png`` (gate ``i`` is ``gate_names[i]``,
+    finest first; the slice through the centroid of all segmented organs). PNG conventions: see the module docstring.
 
     Args:
         maps: ``{"gradcam": (K, *spatial), "attention": (G, *spatial)}`` already in the input image's voxel grid.
@@ -351,6 +457,9 @@ def save_saliency(
         case: case name (sub-folder).
         class_names: ``K`` organ names, in the order of ``maps["gradcam"]``.
         gate_names: ``G`` gate module names (written into each gate file's NIfTI ``descrip`` field).
+        segmentation: the predicted (or reference) label map on the same grid (``(*spatial)`` or
+            ``(1, *spatial)``), used to choose the slices; default none.
+        classes: label value of each Grad-CAM map; default ``1 .. K``.
 
     Returns:
         The paths written.
@@ -364,6 +473,16 @@ def save_saliency(
     out_dir = Path(output_dir) / _safe(case)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    ornt = io_orientation(reference.affine)  # display in RAS whatever the on-disk orientation
+    seg = None
+    if segmentation is not None:
+        seg = np.asarray(
+            segmentation.detach().cpu() if isinstance(segmentation, torch.Tensor) else segmentation, dtype=np.int64
+        )
+        seg = seg[0] if seg.ndim == ct_np.ndim + 1 else seg
+        if seg.shape != ct_np.shape:
+            raise ValueError(f"{case}: segmentation shape {seg.shape} differs from the CT's {ct_np.shape}")
+        seg = apply_orientation(seg, ornt)
     for key, names, stem in (("gradcam", class_names, "gradcam_"), ("attention", None, "attention_gate")):
         value = maps.get(key)
         if value is None or len(value) == 0:
@@ -385,12 +504,14 @@ def save_saliency(
             )
         if key == "gradcam":
             titles = [f"Grad-CAM {n}" for n in labels]
+            values = list(classes) if classes is not None else list(range(1, len(labels) + 1))
+            slices = [None if seg is None else centroid_slice(seg == v) for v in values]
         else:
             titles = [f"gate {i} ({'finest' if i == 0 else 'coarser'})" for i in range(len(labels))]
-        ornt = io_orientation(reference.affine)  # display in RAS whatever the on-disk orientation
+            slices = [None if seg is None else centroid_slice(seg > 0)] * len(labels)
         ras_maps = [apply_orientation(a, ornt) for a in arr]
         ras_ct = apply_orientation(ct_np, ornt)
-        written.append(_overlay_png(ras_ct, ras_maps, titles, out_dir / f"{key}.png", f"{case}: {key}"))
+        written.append(_overlay_png(ras_ct, ras_maps, titles, out_dir / f"{key}.png", f"{case}: {key}", slices))
     return written
 
 
@@ -405,7 +526,7 @@ class SaliencyMapd(MapTransform):
         keys: the image key (one), default ``"image"``.
         network: the trained network (moved inputs go to its device).
         target_layer: Grad-CAM layer (a wrong name lists the valid ones when the config is parsed).
-        roi_size, sw_batch_size, overlap, classes, region: see :class:`SaliencyMapper`.
+        roi_size, sw_batch_size, overlap, classes, region, whole_volume_max_voxels: see :class:`SaliencyMapper`.
         gradcam_key: output key of the Grad-CAM maps ``(K, *spatial)``; default ``"gradcam"``.
         attention_key: output key of the gate coefficients ``(G, *spatial)``; default ``"attention"``.
         enabled: False (or ``"false"``) makes the transform a no-op (nothing is checked or computed), so
@@ -425,13 +546,16 @@ class SaliencyMapd(MapTransform):
         gradcam_key: str = "gradcam",
         attention_key: str = "attention",
         enabled: bool | str = True,
+        whole_volume_max_voxels: int = WHOLE_VOLUME_MAX_VOXELS,
     ) -> None:
         super().__init__(keys)
         self.enabled = parse_flag("saliency", enabled)
         if len(self.keys) != 1:
             raise ConfigError(f"SaliencyMapd: expected one image key, got {list(self.keys)}")
         self.mapper = (
-            SaliencyMapper(network, target_layer, roi_size, sw_batch_size, overlap, classes, region)
+            SaliencyMapper(
+                network, target_layer, roi_size, sw_batch_size, overlap, classes, region, whole_volume_max_voxels
+            )
             if self.enabled
             else None
         )
@@ -463,6 +587,8 @@ class SaveSaliencyd(MapTransform):
         class_names: organ names of the Grad-CAM channels.
         gate_names: names of the attention gates (stored in the NIfTI ``descrip`` field); default none.
         image_key: key of the image whose metadata names the input file; default ``"image"``.
+        pred_key: key of the predicted label map on the input grid (after ``Invertd`` and argmax), whose organ
+            centroids choose the PNG slices; absent = the maps' peak slices. Default ``"pred"``.
         enabled: False (or ``"false"``) makes the transform a no-op; default True.
     """
 
@@ -473,10 +599,12 @@ class SaveSaliencyd(MapTransform):
         class_names: Sequence[str] = (),
         gate_names: Sequence[str] = (),
         image_key: str = "image",
+        pred_key: str = "pred",
         enabled: bool | str = True,
     ) -> None:
         super().__init__(keys)
         self.enabled = parse_flag("saliency", enabled)
+        self.pred_key = pred_key
         if len(self.keys) != 2:
             raise ConfigError(f"SaveSaliencyd: expected keys (gradcam, attention), got {list(self.keys)}")
         self.output_dir = Path(output_dir)
@@ -500,5 +628,11 @@ class SaveSaliencyd(MapTransform):
             case = case[: -len(ext)] if case.endswith(ext) else case
         maps = {"gradcam": d.get(self.keys[0]), "attention": d.get(self.keys[1])}
         ct = np.asarray(reference.dataobj, dtype=np.float32)
-        save_saliency(maps, ct, reference, self.output_dir, case, self.class_names, self.gate_names)
+        seg = d.get(self.pred_key)
+        if seg is not None:
+            seg = torch.as_tensor(seg).detach().cpu()
+            seg = seg.argmax(0) if seg.ndim == ct.ndim + 1 and seg.shape[0] > 1 else seg
+            if tuple(seg.shape[-ct.ndim :]) != ct.shape:
+                seg = None  # not on the input grid (not inverted): fall back to the maps' peak slices
+        save_saliency(maps, ct, reference, self.output_dir, case, self.class_names, self.gate_names, segmentation=seg)
         return d

@@ -6,9 +6,10 @@ own seed, are trained for the same number of epochs with the same optimizer sett
 (the loader's order depends on its own seed and the epoch, never on the model). Outputs, in ``output_dir``:
 
 * ``seed_study_loss_curves.png`` — the per-iteration training loss of every model, smoothed by a trailing moving
-  average (window 25, as in the source), in one figure;
+  average (window 25, as in the source) drawn from the first full window on, in one figure;
 * ``seed_study_per_class_accuracy.png`` — grouped bars: per-class test accuracy of all ``K`` models;
-* ``seed_study.json`` — per model: seed, accuracy, per-class accuracy, last loss; plus the spread across models.
+* ``seed_study.json`` — per model: seed, accuracy, per-class accuracy, last loss and whether it is stuck
+  (predicts one class for every test image); plus the spread across models.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from tlk_components.engines.classification import ProgressBarHandler, confusion_matrix
-from tlk_components.engines.reporting import moving_average, save_bar_chart, save_figure
+from tlk_components.engines.reporting import legend_outside, save_bar_chart, save_figure, smoothed_curve
 from tlk_components.utils.io import atomic_write_json
 from tlk_components.utils.validation import check_positive_int
 
@@ -77,6 +78,7 @@ class SeedStudy:
         output_dir: folder of the PNGs and ``seed_study.json`` (created).
         smoothing: moving-average window of the loss curves, >= 1. Default 25.
         class_names: axis labels (default ``0..C-1``).
+        xlabel: x-axis title of the per-class chart. Default ``"class"``.
 
     Raises:
         ConfigError: a count or window below 1.
@@ -97,6 +99,7 @@ class SeedStudy:
         device: str | torch.device = "cpu",
         smoothing: int = 25,
         class_names: Sequence[str] | None = None,
+        xlabel: str = "class",
     ) -> None:
         self.network = network
         self.train_loader, self.eval_loader = train_loader, eval_loader
@@ -109,6 +112,7 @@ class SeedStudy:
         self.device = torch.device(device)
         self.output_dir = Path(output_dir)
         self.class_names = [str(c) for c in class_names] if class_names is not None else None
+        self.xlabel = str(xlabel)
         self.results: list[dict[str, Any]] = []
 
     def _train_one(self, seed: int) -> tuple[torch.nn.Module, list[float]]:
@@ -148,6 +152,7 @@ class SeedStudy:
             cm = confusion_matrix(net, self.eval_loader, self.num_classes, self.device).double()
             per_class = (cm.diag() / cm.sum(dim=1).clamp_min(1)).tolist()
             acc = float(cm.diag().sum() / cm.sum().clamp_min(1))
+            stuck = int((cm.sum(dim=0) > 0).sum()) <= 1  # one predicted class for every test image
             name = f"model {k + 1} (seed {seed})"
             curves[name] = losses
             self.results.append(
@@ -157,9 +162,11 @@ class SeedStudy:
                     "accuracy": acc,
                     "per_class_accuracy": per_class,
                     "last_loss": losses[-1],
+                    "stuck": stuck,
                 }
             )
-            logger.info(f"seed study: {name}: accuracy {acc:.4f}, last loss {losses[-1]:.4f}")
+            note = " (stuck: predicts one class for every test image)" if stuck else ""
+            logger.info(f"seed study: {name}: accuracy {acc:.4f}, last loss {losses[-1]:.4f}{note}")
         self._write(curves)
         return self.results
 
@@ -168,25 +175,32 @@ class SeedStudy:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
 
         fig, ax = plt.subplots(figsize=(10, 6))
         for name, losses in curves.items():
-            ax.plot(moving_average(losses, self.smoothing), label=name, linewidth=1)
-        ax.set_xlabel("iteration")
-        ax.set_ylabel(f"training loss (moving average, window {self.smoothing})")
+            x, y = smoothed_curve(losses, self.smoothing)  # from the first full window on: no start-up artefact
+            ax.plot(x + 1, y, label=name, linewidth=1, marker="o" if len(y) == 1 else None)
+        n_iter = max(len(v) for v in curves.values())
+        ax.set_xlabel(f"training iteration ({n_iter // self.epochs} per epoch, {self.epochs} epoch(s))")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(f"training loss (moving average of the last {min(self.smoothing, n_iter)} iterations)")
         ax.set_title(f"{self.num_models} models, different seeds, one data order")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small", ncol=2, loc="upper right")
+        legend_outside(ax, fontsize="small")
         save_figure(fig, self.output_dir / "seed_study_loss_curves.png")
 
         labels = self.class_names or [str(i) for i in range(self.num_classes)]
-        bars = {f"model {r['model']}": r["per_class_accuracy"] for r in self.results}
+        bars = {
+            f"model {r['model']}" + (" (stuck)" if r["stuck"] else ""): r["per_class_accuracy"] for r in self.results
+        }
         save_bar_chart(
             bars,
             labels,
             self.output_dir / "seed_study_per_class_accuracy.png",
             title="per-class test accuracy of each model",
             ylabel="accuracy",
+            xlabel=self.xlabel,
         )
         accs = np.array([r["accuracy"] for r in self.results])
         per_class = np.array([r["per_class_accuracy"] for r in self.results])
@@ -198,10 +212,14 @@ class SeedStudy:
             "accuracy_min": float(accs.min()),
             "accuracy_max": float(accs.max()),
             "per_class_accuracy_range": (per_class.max(axis=0) - per_class.min(axis=0)).tolist(),
+            "stuck_models": [r["model"] for r in self.results if r["stuck"]],
             "models": self.results,
         }
         atomic_write_json(self.output_dir / "seed_study.json", summary)
+        stuck = summary["stuck_models"]
         logger.info(
             f"seed study: accuracy {summary['accuracy_mean']:.4f} +- {summary['accuracy_std']:.4f} "
-            f"(min {summary['accuracy_min']:.4f}, max {summary['accuracy_max']:.4f}); figures in {self.output_dir}"
+            f"(min {summary['accuracy_min']:.4f}, max {summary['accuracy_max']:.4f}); "
+            + (f"stuck models (one class predicted): {stuck}; " if stuck else "no model stuck; ")
+            + f"figures in {self.output_dir}"
         )

@@ -14,6 +14,12 @@ volume's diagonal in mm (the largest distance possible in the image, instead of 
 finite). ``mean_dice`` of a case is the mean over its organs; the dataset means are the means over cases of the
 per-organ values (NaNs skipped).
 
+**Geometry.** Metrics are computed in the original geometry of each case, not on the resampled training grid:
+:func:`original_grid_postprocessing` inverts the preprocessing on the predicted probabilities (MONAI ``Invertd``:
+back to the input's orientation, spacing and shape, bilinear, then argmax — the same steps as the NIfTI that
+inference writes) and compares them with the label file as stored (:class:`LoadOriginalLabeld`), so Dice counts the
+original voxels and HD95 is in mm of the original spacing.
+
 Outputs (all written atomically, on rank 0): ``<output_dir>/per_case_metrics.csv`` (one row per case: ``case``,
 ``dice_<organ>``…, ``mean_dice``, ``hd95_<organ>``…, ``mean_hd95``), the per-organ bar chart
 ``dice_per_organ.png`` (and ``hd95_per_organ.png``), and — through :class:`SegmentationReport.details` passed to
@@ -28,7 +34,7 @@ import io
 import math
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +42,9 @@ import nibabel as nib
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.config import KeysCollection
 from monai.metrics import compute_dice, compute_hausdorff_distance
+from monai.transforms import Activationsd, AsDiscreted, Compose, Invertd, LoadImage, MapTransform
 
 from tlk_components.engines.reporting import save_bar_chart, to_jsonable
 from tlk_components.utils.errors import ConfigError, DatasetError
@@ -44,10 +52,12 @@ from tlk_components.utils.io import atomic_write_json, atomic_write_text
 from tlk_components.utils.validation import check_positive_int
 
 __all__ = [
+    "LoadOriginalLabeld",
     "SegmentationReport",
     "case_metrics",
     "check_label_files",
     "evaluate_folders",
+    "original_grid_postprocessing",
     "summarise",
     "write_csv",
 ]
@@ -390,3 +400,81 @@ def evaluate_folders(
     }
     atomic_write_json(output_dir / "metrics.json", to_jsonable(out))
     return out
+
+
+class LoadOriginalLabeld(MapTransform):
+    """Replace a (resampled) label by the label file as stored: its own voxel grid, orientation and spacing.
+
+    The file is the one named in ``d[key].meta["filename_or_obj"]`` (set by ``LoadImaged``). The label is loaded
+    channel-first and not reoriented, so it lies on the grid of its image file; after ``Invertd`` the prediction
+    lies there too.
+
+    Args:
+        keys: label key(s).
+        ref_key: key whose spatial shape the label must have (the inverted prediction); None = no check.
+            Default ``"pred"``.
+        allow_missing_keys: as in MONAI.
+
+    Raises:
+        DatasetError: the label has no file name in its metadata, or its shape differs from ``ref_key``'s (the
+            label file does not lie on its image's grid).
+    """
+
+    def __init__(self, keys: KeysCollection, ref_key: str | None = "pred", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.ref_key = ref_key
+        self.loader = LoadImage(image_only=True, ensure_channel_first=True)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            meta = getattr(d[key], "meta", None) or {}
+            src = meta.get("filename_or_obj")
+            if isinstance(src, list | tuple):
+                src = src[0] if src else None
+            if not src:
+                raise DatasetError(f"'{key}' has no file name in its metadata; load it with LoadImaged first")
+            label = self.loader(str(src))
+            ref = d.get(self.ref_key) if self.ref_key else None
+            if ref is not None and tuple(ref.shape[1:]) != tuple(label.shape[1:]):
+                raise DatasetError(
+                    f"{src}: label shape {tuple(label.shape[1:])} differs from the prediction inverted to its image's "
+                    f"grid {tuple(ref.shape[1:])}; the label must lie on its image's voxel grid (same shape and affine)"
+                )
+            d[key] = label
+        return d
+
+
+def original_grid_postprocessing(
+    preprocessing: Compose,
+    num_classes: int,
+    pred_key: str = "pred",
+    label_key: str = "label",
+    image_key: str = "image",
+) -> Compose:
+    """Evaluator post-processing that puts prediction and label into the original geometry of the case.
+
+    softmax -> ``Invertd`` of the preprocessing on the probabilities (bilinear; back to the image file's
+    orientation, spacing and shape) -> argmax, one-hot -> :class:`LoadOriginalLabeld` (the label as stored) -> one-hot.
+    :class:`SegmentationReport` then measures Dice on the original voxels and HD95 with the original spacing.
+
+    Args:
+        preprocessing: the invertible preprocessing that produced ``image_key`` (e.g. ``@validate#preprocessing``).
+        num_classes: classes including background, >= 2.
+        pred_key: prediction (logits) key. Default ``"pred"``.
+        label_key: label key (its metadata names the label file). Default ``"label"``.
+        image_key: image key whose applied operations are inverted. Default ``"image"``.
+
+    Returns:
+        A MONAI ``Compose`` for ``SupervisedEvaluator(postprocessing=...)``.
+    """
+    n = check_positive_int("num_classes", num_classes, minimum=2)
+    return Compose(
+        [
+            Activationsd(pred_key, softmax=True),
+            Invertd(pred_key, transform=preprocessing, orig_keys=image_key, nearest_interp=False, to_tensor=True),
+            AsDiscreted(pred_key, argmax=True, to_onehot=n),
+            LoadOriginalLabeld(label_key, ref_key=pred_key),
+            AsDiscreted(label_key, to_onehot=n),
+        ]
+    )

@@ -40,16 +40,20 @@ from monai.transforms import (
     Spacingd,
 )
 
-from tlk_components.data.nifti_checks import save_nifti
+from tlk_components.data.nifti_checks import check_volume_header, save_nifti
 from tlk_components.data.transforms import CTNormalized, KidneyFromAmosd
 from tlk_components.utils.errors import ConfigError, DatasetError
 from tlk_components.utils.validation import check_in_range, check_positive_int
 
 __all__ = [
+    "SOFT_TISSUE_WINDOW",
     "GaussianSlidingWindowInferer",
     "OverlayPNGd",
     "SaveNiftiLikeInputd",
+    "add_lr_markers",
+    "axial_display",
     "case_name",
+    "display_window",
     "ct_preprocessing",
     "input_datalist",
     "prediction_postprocessing",
@@ -150,8 +154,12 @@ def input_datalist(input_dir: str | os.PathLike) -> list[dict[str, str]]:
     """Images to predict in ``input_dir``: KiTS19 ``case_*/imaging.nii.gz``, ``imagesTs/`` (else ``imagesTr/``), or
     the ``*.nii.gz`` files of the folder itself.
 
+    Every image's header is checked (no voxels are read): a 2-D image, a single slice, a 4-D series with more
+    than one channel or an implausible voxel spacing (see :func:`~tlk_components.data.nifti_checks.check_volume_header`)
+    is refused before any compute, all such files listed at once.
+
     Raises:
-        DatasetError: the folder does not exist or holds no NIfTI image.
+        DatasetError: the folder does not exist, holds no NIfTI image, or holds images a 3-D model cannot take.
     """
     base = Path(input_dir)
     if not base.is_dir():
@@ -166,6 +174,13 @@ def input_datalist(input_dir: str | os.PathLike) -> list[dict[str, str]]:
         raise DatasetError(
             f"input_dir {base}: no .nii/.nii.gz image found (looked for case_*/imaging.nii.gz, "
             "imagesTs/, imagesTr/ and the folder itself)"
+        )
+    problems = [problem for p in found if (problem := check_volume_header(p)) is not None]
+    if problems:
+        raise DatasetError(
+            f"input_dir {base}: {len(problems)} of {len(found)} image(s) cannot be segmented by the 3-D model; "
+            "fix or remove them, then rerun",
+            problems,
         )
     return [{"image": str(p)} for p in found]
 
@@ -218,10 +233,41 @@ def ct_preprocessing(
     return Compose(xforms)
 
 
+#: Display window of CT in Hounsfield units: abdominal soft tissue, width 400 / level 40 -> [-160, 240] HU.
+SOFT_TISSUE_WINDOW: tuple[float, float] = (-160.0, 240.0)
+
+
+def display_window(image: np.ndarray) -> tuple[float, float]:
+    """Grey-level range of a PNG of ``image``: the soft-tissue window for CT in HU (any voxel below -500, i.e. air),
+    else the 1st-99th percentile of the non-background voxels (normalised or non-CT intensities)."""
+    image = np.asarray(image, dtype=np.float32)
+    if image.size and float(image.min()) < -500:
+        return SOFT_TISSUE_WINDOW
+    body = image[image > image.min()] if image.size else image
+    lo, hi = np.percentile(body if body.size else np.zeros(1), [1, 99])
+    return float(lo), float(hi if hi > lo else lo + 1)
+
+
+def axial_display(volume_ras: np.ndarray, z: int) -> np.ndarray:
+    """Axial slice ``z`` of a RAS-ordered ``(x, y, z)`` volume in radiological display: anterior up, the patient's
+    right on the image's left (every PNG of the CT bundles uses this; :func:`add_lr_markers` labels it)."""
+    return np.fliplr(np.rot90(np.asarray(volume_ras)[..., int(z)]))
+
+
+def add_lr_markers(ax: Any) -> None:
+    """Write "R" at the left and "L" at the right edge of a radiological axial panel (see :func:`axial_display`)."""
+    style = {"color": "yellow", "fontsize": 9, "fontweight": "bold", "va": "center", "transform": ax.transAxes}
+    ax.text(0.02, 0.5, "R", ha="left", **style)
+    ax.text(0.98, 0.5, "L", ha="right", **style)
+
+
 def save_overlay_png(
     image: np.ndarray, label: np.ndarray, path: str | os.PathLike, title: str = "", slice_index: int | None = None
 ) -> Path:
     """Save a PNG of the axial slice (last axis) with the most foreground, labels coloured over the CT in grey.
+
+    The slice is shown in radiological convention (anterior up, the patient's right on the image's left, marked
+    "R"/"L"), the CT in the soft-tissue window when it is in HU (see :func:`display_window`).
 
     Args:
         image: 3-D image (x, y, z) in RAS order.
@@ -241,17 +287,14 @@ def save_overlay_png(
     if image.shape != label.shape or image.ndim != 3:
         raise ConfigError(f"overlay: image {image.shape} and label {label.shape} must be the same 3-D shape")
     k = int(np.argmax((label > 0).sum(axis=(0, 1)))) if slice_index is None else int(slice_index)
-    if image.min() < -500:  # Hounsfield units: abdominal soft-tissue window (W 400, L 40)
-        lo, hi = -160.0, 240.0
-    else:  # normalised intensities: percentiles of the non-background voxels
-        body = image[image > image.min()]
-        lo, hi = np.percentile(body if body.size else image, [1, 99])
-    img2d = np.rot90(image[:, :, k])  # RAS (x, y) -> radiological-ish display with anterior up
-    lab2d = np.rot90(label[:, :, k]).astype(float)
+    lo, hi = display_window(image)
+    img2d = axial_display(image, k)
+    lab2d = axial_display(label, k).astype(float)
     fig, ax = plt.subplots(1, 2, figsize=(8, 4.2))
     for a in ax:
         a.imshow(img2d, cmap="gray", vmin=lo, vmax=hi)
         a.axis("off")
+        add_lr_markers(a)
     masked = np.ma.masked_where(lab2d == 0, lab2d)
     ax[1].imshow(masked, cmap="tab20", alpha=0.5, vmin=0, vmax=max(20, int(lab2d.max()) + 1), interpolation="nearest")
     ax[0].set_title("CT")

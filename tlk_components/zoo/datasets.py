@@ -1,15 +1,33 @@
 # Copyright (c) TLK Model Zoo contributors. Licensed under the Apache License, Version 2.0.
-"""Dataset integrity reports and the ``prepare_dataset`` step every bundle runs in ``initialize``."""
+"""Dataset integrity reports, demo writing, and the ``prepare_dataset`` step every bundle runs in ``initialize``.
+
+A demo dataset is written only into an empty folder or into an earlier demo: :func:`write_demo_dataset` leaves
+the marker :data:`DEMO_MARKER` (``.tlk_demo.json``: bundle, size, seed and the files written) and refuses any other
+non-empty folder, so the user's own data (real MNIST ``.gz`` files, a BraTS copy) is never overwritten. Rewriting
+an earlier demo first removes the files that demo wrote (only those), so a smaller demo leaves no stale cases.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tlk_components.utils.errors import DatasetError
+from tlk_components.utils.io import atomic_write_json
 
-__all__ = ["DatasetReport", "prepare_dataset"]
+__all__ = [
+    "DEMO_MARKER",
+    "DatasetReport",
+    "check_demo_target",
+    "prepare_dataset",
+    "read_demo_marker",
+    "write_demo_dataset",
+]
+
+#: File name of the marker a demo writer leaves in its folder.
+DEMO_MARKER = ".tlk_demo.json"
 
 
 @dataclass
@@ -55,13 +73,95 @@ class DatasetReport:
         return "\n".join(lines)
 
 
+def read_demo_marker(folder: str | os.PathLike) -> dict | None:
+    """The demo marker of ``folder`` (``{"bundle", "size", "seed", "files"}``), or None when it has none."""
+    path = Path(folder) / DEMO_MARKER
+    if not path.is_file():
+        return None
+    try:
+        marker = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return marker if isinstance(marker, dict) and "bundle" in marker else None
+
+
+def check_demo_target(bundle: str, out_dir: str | os.PathLike) -> dict | None:
+    """Refuse to write ``bundle``'s demo into ``out_dir`` unless it is missing, empty, or an earlier demo of it.
+
+    Returns:
+        The earlier demo's marker (None for a missing or empty folder).
+
+    Raises:
+        DatasetError: ``out_dir`` is a file, or a non-empty folder without a demo marker (user data), or the demo
+            of another bundle; the message names the folder and the fix.
+    """
+    d = Path(out_dir)
+    if d.exists() and not d.is_dir():
+        raise DatasetError(f"{d} is a file; pass a folder (new or empty) to write the demo dataset into")
+    if not d.is_dir() or not any(d.iterdir()):
+        return None
+    marker = read_demo_marker(d)
+    if marker is None:
+        raise DatasetError(
+            f"{d} is not empty and holds no demo marker ({DEMO_MARKER}): it may be your own data, which the demo "
+            "would overwrite. Pass a new or empty folder for the demo (or delete this folder's contents yourself)"
+        )
+    if marker.get("bundle") != bundle:
+        raise DatasetError(
+            f"{d} holds the demo dataset of {marker.get('bundle')!r}, not of {bundle!r}; pass a new or empty folder"
+        )
+    return marker
+
+
+def _files_under(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
+
+
+def write_demo_dataset(bundle: str, out_dir: str | os.PathLike, size: str = "demo", seed: int = 0) -> Path:
+    """Write ``bundle``'s demo dataset into ``out_dir`` and leave the :data:`DEMO_MARKER` there.
+
+    Only a missing or empty folder, or an earlier demo of the same bundle (its marker present), is written to; an
+    earlier demo's files (as listed in its marker) are removed first, files the user added are kept.
+
+    Args:
+        bundle: a bundle name with a registered data module.
+        out_dir: output folder (created).
+        size: ``"demo"`` or ``"tiny"``.
+        seed: generator seed.
+
+    Returns:
+        ``out_dir`` as a Path.
+
+    Raises:
+        DatasetError: ``out_dir`` is a file, user data, or another bundle's demo (see :func:`check_demo_target`).
+    """
+    from tlk_components.zoo.registry import get_data_module
+
+    mod = get_data_module(bundle)
+    d = Path(out_dir)
+    marker = check_demo_target(bundle, d)
+    if marker is not None:
+        root = d.resolve()
+        for rel in marker.get("files", []):
+            path = (d / rel).resolve()
+            if path.is_relative_to(root) and path.is_file():
+                path.unlink()
+        (d / DEMO_MARKER).unlink()
+    before = _files_under(d) if d.is_dir() else set()
+    mod.write_demo(d, size=size, seed=int(seed))
+    files = sorted(_files_under(d) - before)
+    atomic_write_json(d / DEMO_MARKER, {"bundle": bundle, "size": size, "seed": int(seed), "files": files})
+    return d
+
+
 def prepare_dataset(
     bundle: str, dataset_dir: str | os.PathLike, demo_dir: str | os.PathLike | None = None, size: str = "demo"
 ) -> str:
     """Make sure ``dataset_dir`` holds a valid dataset for ``bundle``; returns it as a string.
 
     When ``dataset_dir`` is the bundle's demo folder (``demo_dir``) and holds nothing yet, the demo dataset is
-    written there first (deterministic, offline). Then the dataset is verified and every bad case reported.
+    written there first (deterministic, offline, with the demo marker); a non-empty folder is never written to.
+    Then the dataset is verified and every bad case reported.
 
     Raises:
         DatasetError: the folder is missing (and is not the demo folder) or fails verification.
@@ -72,7 +172,7 @@ def prepare_dataset(
     d = Path(dataset_dir)
     is_demo = demo_dir is not None and d.resolve() == Path(demo_dir).resolve()
     if is_demo and not (d.is_dir() and any(d.iterdir())):
-        mod.write_demo(d, size=size)
+        write_demo_dataset(bundle, d, size=size)
     if not d.is_dir():
         raise DatasetError(
             f"dataset_dir {d} does not exist; point --dataset_dir at the dataset in its public layout, or run "

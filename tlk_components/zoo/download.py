@@ -16,9 +16,9 @@ What MONAI's ``monai.bundle download`` does not do and this module does (referen
   chosen, a stable release before any pre-release; the choice and the versions skipped are reported;
 * plain local paths work, and a server that does not answer fails after ``timeout`` seconds with a clear message;
 * the archive is checked before extraction (one top folder named after the bundle; no absolute paths, no ``..``,
-  no symbolic links leaving the folder), extracted into a temporary folder next to the target, completed with the
-  files its ``large_files.yml`` lists (hash-checked) and renamed into place; an existing copy is replaced only
-  after the new one is complete.
+  no symbolic links, no duplicate names; at most 10,000 members and 20 GiB, no zip bomb), extracted into a
+  temporary folder next to the target, completed with the files its ``large_files.yml`` lists (hash-checked) and
+  renamed into place; an existing copy is moved aside to ``<name>_v<old version>_backup``, never deleted.
 """
 
 from __future__ import annotations
@@ -29,10 +29,9 @@ import hashlib
 import http.client
 import json
 import logging
+import math
 import os
-import posixpath
 import re
-import secrets
 import shutil
 import stat
 import sys
@@ -53,6 +52,9 @@ from tlk_components.zoo.metadata import is_prerelease, parse_version
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "MAX_BYTES",
+    "MAX_MEMBERS",
+    "MAX_RATIO",
     "REQUIREMENT_KEYS",
     "DownloadError",
     "DownloadResult",
@@ -551,16 +553,86 @@ def list_index(index: str | os.PathLike, timeout: float = DEFAULT_TIMEOUT) -> st
 # archives
 
 
-def check_archive(zf: zipfile.ZipFile, name: str) -> None:
-    """Refuse an archive that would write outside ``<target>/<name>``.
+#: Default limits on a bundle archive, checked from its central directory before anything is extracted (a zip
+#: bomb or an archive of thousands of files is refused before it fills the disk). Raise them by keyword
+#: (``max_members=``, ``max_bytes=``, ``max_ratio=``; on the command line ``--max_members`` etc.) for a real
+#: bundle that exceeds them.
+MAX_MEMBERS = 10_000
+MAX_BYTES = 20 * 1024**3
+#: Largest uncompressed/compressed size ratio of the whole archive, enforced once it holds more than
+#: :data:`RATIO_MIN_BYTES` uncompressed (weights compress about 1.1x, JSON about 5x; a zip bomb about 1000x).
+MAX_RATIO = 200.0
+RATIO_MIN_BYTES = 64 * 1024**2
+_MAX_LISTED = 20
 
-    Every member must be a relative path below the single top folder ``name/`` without ``..``; a symbolic link
-    must be relative and point inside that folder.
+
+def _gib(n: float) -> str:
+    return f"{n / 1024**3:.2f} GiB" if n >= 1024**3 else f"{n / 1024**2:.1f} MiB"
+
+
+def _limit_problems(zf: zipfile.ZipFile, max_members: int, max_bytes: int, max_ratio: float) -> str | None:
+    """Why the archive exceeds a limit (count, total size, compression ratio), or None; central directory only."""
+    infos = zf.infolist()
+    if len(infos) > max_members:
+        return (
+            f"it holds {len(infos)} members, more than the limit of {max_members}; a bundle release holds a few "
+            f"configs, docs and weights. If this is a real bundle, raise the limit (max_members={len(infos)}, "
+            f"--max_members {len(infos)})"
+        )
+    total = sum(i.file_size for i in infos)
+    if total > max_bytes:
+        return (
+            f"its members unpack to {_gib(total)} ({total} bytes), more than the limit of {_gib(max_bytes)}; if this "
+            f"is a real bundle, raise the limit (max_bytes={total}, --max_bytes {total})"
+        )
+    packed = sum(i.compress_size for i in infos)
+    ratio = total / max(packed, 1)
+    if total > RATIO_MIN_BYTES and ratio > max_ratio:
+        return (
+            f"its {_gib(packed)} of compressed data unpack to {_gib(total)} (ratio {ratio:.0f}, limit {max_ratio:g}): "
+            f"a zip bomb, or data no bundle release holds; if this is a real bundle, raise the limit "
+            f"(max_ratio={math.ceil(ratio)}, --max_ratio {math.ceil(ratio)})"
+        )
+    return None
+
+
+def check_archive(
+    zf: zipfile.ZipFile,
+    name: str,
+    max_members: int = MAX_MEMBERS,
+    max_bytes: int = MAX_BYTES,
+    max_ratio: float = MAX_RATIO,
+) -> None:
+    """Refuse an archive that would write outside ``<target>/<name>``, or anything but plain files and folders.
+
+    Checked from the zip's central directory, before anything is extracted or decompressed:
+
+    * limits: at most ``max_members`` members, at most ``max_bytes`` uncompressed in total, and (above 64 MiB) an
+      uncompressed/compressed ratio of at most ``max_ratio`` (zip bombs). ``zipfile`` never unpacks more than
+      a member's recorded size, so these bounds hold during extraction too;
+    * every member is a relative path below the single top folder ``name/`` without ``..``;
+    * every member is a regular file or a folder: a release written by ``tlk package`` holds no symbolic links,
+      so every link is refused (links chained through other links can leave the folder even when each one looks
+      inside it), as are devices and pipes;
+    * no member name appears twice, and no file is also the folder of another member.
+
+    Args:
+        zf: the open archive.
+        name: bundle name = the archive's top folder.
+        max_members: most members accepted (default :data:`MAX_MEMBERS`).
+        max_bytes: most uncompressed bytes accepted in total (default :data:`MAX_BYTES`, 20 GiB).
+        max_ratio: largest total compression ratio accepted above 64 MiB (default :data:`MAX_RATIO`).
 
     Raises:
-        DownloadError: listing every offending member.
+        DownloadError: a limit exceeded (says by how much and how to raise it), or listing the offending members.
     """
+    too_big = _limit_problems(zf, int(max_members), int(max_bytes), float(max_ratio))
+    if too_big is not None:
+        raise DownloadError(f"refusing to extract the archive of {name}: {too_big}")
     problems = []
+    seen: dict[str, int] = {}
+    files: set[str] = set()
+    folders: set[str] = set()
     for info in zf.infolist():
         n = info.filename
         norm = n.replace("\\", "/")
@@ -574,33 +646,43 @@ def check_archive(zf: zipfile.ZipFile, name: str) -> None:
         if not parts or parts[0] != name:
             problems.append(f"{n!r}: outside the top folder {name + '/'!r}")
             continue
+        key = "/".join(parts)
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] == 2:
+            problems.append(f"{n!r}: appears more than once in the archive (duplicate member name)")
+        folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
         mode = info.external_attr >> 16
+        kind = stat.S_IFMT(mode)
         if stat.S_ISLNK(mode):
-            target = zf.read(info).decode("utf-8", "replace")
-            resolved = posixpath.normpath(posixpath.join(posixpath.dirname(norm), target))
-            if (
-                target.startswith("/")
-                or resolved == ".."
-                or resolved.startswith("../")
-                or resolved.split("/")[0] != name
-            ):
-                problems.append(f"{n!r}: symbolic link to {target!r} leaves the bundle folder")
+            with zf.open(info) as f:
+                target = f.read(4096).decode("utf-8", "replace")
+            problems.append(
+                f"{n!r}: symbolic link (to {target!r}); a bundle release holds regular files only, re-publish it "
+                "with `tlk package`"
+            )
+        elif kind and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+            problems.append(f"{n!r}: not a regular file or folder (mode {oct(mode)})")
+        elif info.is_dir():
+            folders.add(key)
+        else:
+            files.add(key)
+    problems += [f"{f!r}: is a file and also the folder of other members" for f in sorted(files & folders)]
     if problems:
+        listed = problems[:_MAX_LISTED]
+        if len(problems) > _MAX_LISTED:
+            listed.append(f"... and {len(problems) - _MAX_LISTED} more")
         raise DownloadError(
             f"refusing to extract the archive of {name}: {len(problems)} unsafe member(s) (a bundle zip holds "
-            f"regular files under one folder {name + '/'!r})\n" + "\n".join(f"  - {p}" for p in problems)
+            f"regular files under one folder {name + '/'!r})\n" + "\n".join(f"  - {p}" for p in listed)
         )
 
 
 def _extract_members(zf: zipfile.ZipFile, dest: Path) -> None:
-    """Write the (already checked) members under ``dest``; files get the default permissions (+x if archived so)."""
-    links, made = [], set()
+    """Write the (already checked: files and folders only) members under ``dest``; +x kept where archived so."""
+    made = set()
     for info in zf.infolist():
         target = dest / info.filename.replace("\\", "/")
         mode = info.external_attr >> 16
-        if stat.S_ISLNK(mode):
-            links.append((target, zf.read(info).decode("utf-8")))
-            continue
         folder = target if info.is_dir() else target.parent
         if folder not in made:
             folder.mkdir(parents=True, exist_ok=True)
@@ -611,9 +693,26 @@ def _extract_members(zf: zipfile.ZipFile, dest: Path) -> None:
             shutil.copyfileobj(src, dst)
         if mode & 0o111:
             os.chmod(target, 0o755)
-    for path, link_target in links:  # last, so no file is ever written through a link
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(link_target, path)
+
+
+def _read_version(bundle: Path) -> str | None:
+    """``version`` of ``bundle/configs/metadata.json``, or None when it cannot be read."""
+    try:
+        got = json.loads((bundle / "configs" / "metadata.json").read_text(encoding="utf-8")).get("version")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(got) if got is not None else None
+
+
+def _backup_path(dir_: Path, name: str, old_version: str | None) -> Path:
+    """A free ``dir/<name>_v<old version>_backup`` (with ``_2``, ``_3``... when taken)."""
+    safe = re.sub(r"[^\w.+-]", "_", old_version) if old_version else "unknown"
+    base = dir_ / f"{name}_v{safe}_backup"
+    candidate, i = base, 1
+    while candidate.exists() or candidate.is_symlink():
+        i += 1
+        candidate = base.with_name(f"{base.name}_{i}")
+    return candidate
 
 
 def extract_bundle(
@@ -623,8 +722,14 @@ def extract_bundle(
     expected_version: str | None = None,
     label: str | None = None,
     prepare: Callable[[Path], object] | None = None,
+    max_members: int = MAX_MEMBERS,
+    max_bytes: int = MAX_BYTES,
+    max_ratio: float = MAX_RATIO,
 ) -> Path:
     """Extract a bundle zip into ``dir/name`` atomically (checks first; temp folder in ``dir``, then rename).
+
+    An existing ``dir/name`` is never deleted: it is renamed to ``dir/<name>_v<its version>_backup`` (see
+    :func:`install_bundle`, which reports where).
 
     Args:
         archive: zip path or open binary file.
@@ -634,23 +739,42 @@ def extract_bundle(
         label: how the archive is named in messages (default: its path).
         prepare: called with the extracted bundle folder (still in the temporary folder) before it is renamed
             into place, e.g. to fetch its large files; an exception aborts the install.
+        max_members: most members accepted (see :func:`check_archive`).
+        max_bytes: most uncompressed bytes accepted in total.
+        max_ratio: largest compression ratio accepted (zip bombs).
 
     Returns:
         ``dir/name``.
 
     Raises:
-        DownloadError: not a zip / truncated / damaged, unsafe members, or not the expected bundle. The previous
-            ``dir/name`` (if any) is left as it was (also when ``prepare`` raises).
+        DownloadError: not a zip / truncated / damaged, unsafe members, a limit exceeded, or not the expected
+            bundle. The previous ``dir/name`` (if any) is left as it was (also when ``prepare`` raises).
     """
+    return _extract(archive, dir, name, expected_version, label, prepare, max_members, max_bytes, max_ratio)[0]
+
+
+def _extract(
+    archive: str | os.PathLike | IO[bytes],
+    dir: str | os.PathLike,
+    name: str,
+    expected_version: str | None,
+    label: str | None,
+    prepare: Callable[[Path], object] | None,
+    max_members: int,
+    max_bytes: int,
+    max_ratio: float,
+) -> tuple[Path, Path | None]:
+    """:func:`extract_bundle`; also returns where the previous copy was moved (None when there was none)."""
     dir_ = Path(dir)
     dir_.mkdir(parents=True, exist_ok=True)
     final = dir_ / name
     label = label or str(getattr(archive, "name", archive))
     tmp = Path(tempfile.mkdtemp(dir=dir_, prefix=f".{name}.extract-"))
+    backup = None
     try:
         try:
             with zipfile.ZipFile(archive) as zf:
-                check_archive(zf, name)
+                check_archive(zf, name, max_members=max_members, max_bytes=max_bytes, max_ratio=max_ratio)
                 _extract_members(zf, tmp)
         except (zipfile.BadZipFile, zlib.error, EOFError) as e:
             raise DownloadError(
@@ -661,10 +785,7 @@ def extract_bundle(
         if not meta_p.is_file():
             raise DownloadError(f"archive {label} holds no {name}/configs/metadata.json: not a bundle")
         if expected_version is not None:
-            try:
-                got = json.loads(meta_p.read_text(encoding="utf-8")).get("version")
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                got = None
+            got = _read_version(tmp / name)
             if got != expected_version:
                 raise DownloadError(
                     f"archive {label}: metadata.json says version {got!r} but the index says {expected_version!r}; "
@@ -672,21 +793,20 @@ def extract_bundle(
                 )
         if prepare is not None:
             prepare(tmp / name)
-        old = None
         if final.exists() or final.is_symlink():
-            old = dir_ / f".{name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-            os.rename(final, old)
+            # never delete the old copy: it may hold the user's trained models/ and eval/
+            backup = _backup_path(dir_, name, _read_version(final))
+            os.rename(final, backup)
         try:
             os.rename(tmp / name, final)
         except BaseException:
-            if old is not None:
-                os.rename(old, final)
+            if backup is not None:
+                os.rename(backup, final)
+                backup = None
             raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return final, backup
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -741,7 +861,10 @@ def _zip_requirements(f: IO[bytes], name: str) -> dict[str, Any]:
     """
     try:
         with zipfile.ZipFile(f) as zf:
-            meta = json.loads(zf.read(f"{name}/configs/metadata.json").decode("utf-8"))
+            info = zf.getinfo(f"{name}/configs/metadata.json")
+            if info.file_size > _CHUNK:  # a metadata.json is a few kB; a huge one is refused by check_archive
+                return {}
+            meta = json.loads(zf.read(info).decode("utf-8"))
     except (KeyError, zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError):
         return {}
     finally:
@@ -760,6 +883,8 @@ class DownloadResult:
         message: which version was picked and why (see :class:`VersionChoice`).
         warnings: e.g. an explicitly asked version that is not compatible with the installed MONAI/PyTorch.
         large_files: the files fetched from the bundle's ``large_files.yml`` (absolute paths in ``path``).
+        backup: where the copy that was in ``path`` before was moved (``dir/<name>_v<old version>_backup``, with
+            its trained ``models/``, ``eval/`` and anything else you added), or None when there was none.
     """
 
     path: Path
@@ -768,6 +893,7 @@ class DownloadResult:
     message: str
     warnings: list[str] = field(default_factory=list)
     large_files: list[Path] = field(default_factory=list)
+    backup: Path | None = None
 
 
 def install_bundle(
@@ -777,6 +903,9 @@ def install_bundle(
     version: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     allow_unverified: bool = False,
+    max_members: int = MAX_MEMBERS,
+    max_bytes: int = MAX_BYTES,
+    max_ratio: float = MAX_RATIO,
 ) -> DownloadResult:
     """Download bundle ``name`` listed in ``index`` into ``dir/name`` and report which version and why.
 
@@ -784,16 +913,21 @@ def install_bundle(
     verified zip's ``metadata.json``), check the zip's sha256 **before** extracting anything, check the archive's
     member names, extract into a temporary folder in ``dir``, fetch the files its ``large_files.yml`` lists into
     that folder (hash-checked, see :func:`~tlk_components.zoo.large_files.fetch_large_files`), and only then
-    rename it into place. Any failure leaves an existing ``dir/name`` as it was.
+    rename it into place. Any failure leaves an existing ``dir/name`` as it was. After success the previous copy
+    is not deleted: it is moved to ``dir/<name>_v<old version>_backup`` (``_2``, ``_3``... when taken), so trained
+    ``models/`` and ``eval/`` are never lost; :attr:`DownloadResult.backup` says where.
 
     Args:
         name: bundle name (as in the index).
         index: URL (``http(s)://``, ``file://``) or path of the index (or of its folder).
-        dir: parent folder for the bundle (created); an existing ``dir/name`` is replaced only after success.
+        dir: parent folder for the bundle (created); an existing ``dir/name`` is moved aside only after success.
         version: exact version (a warning when it is incompatible); default the newest version compatible with
             the installed MONAI and PyTorch, stable releases before pre-releases.
         timeout: seconds to wait for a server to answer (default 30).
         allow_unverified: also fetch ``large_files.yml`` entries that have no ``hash_val`` (default: refused).
+        max_members: most archive members accepted (default 10,000; see :func:`check_archive`).
+        max_bytes: most uncompressed bytes accepted (default 20 GiB).
+        max_ratio: largest compression ratio accepted above 64 MiB (default 200; zip bombs).
 
     Returns:
         :class:`DownloadResult`.
@@ -801,7 +935,8 @@ def install_bundle(
     Raises:
         DownloadError: unknown name/version (lists what exists), no compatible version (lists what each needs),
             unreachable/silent server, index not JSON, entry without sha256, checksum mismatch (nothing
-            extracted), damaged or unsafe archive, bad ``large_files.yml`` or a large file whose hash differs.
+            extracted), damaged or unsafe archive (symbolic links, duplicate names, over a limit), bad
+            ``large_files.yml`` or a large file whose hash differs.
     """
     from tlk_components.zoo.large_files import fetch_large_files  # noqa: PLC0415 - large_files imports this module
 
@@ -841,7 +976,7 @@ def install_bundle(
             got = fetch_large_files(folder, timeout=timeout, allow_unverified=allow_unverified)
             fetched_large.extend(p.relative_to(folder) for p in got)
 
-        path = extract_bundle(f, dest, choice.name, expected_version=choice.version, label=url, prepare=prepare)
+        path, backup = _extract(f, dest, choice.name, choice.version, url, prepare, max_members, max_bytes, max_ratio)
     return DownloadResult(
         path=path,
         name=choice.name,
@@ -849,6 +984,7 @@ def install_bundle(
         message=choice.message,
         warnings=list(choice.warnings),
         large_files=[path / rel for rel in fetched_large],
+        backup=backup,
     )
 
 
@@ -859,19 +995,26 @@ def download_bundle(
     version: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     allow_unverified: bool = False,
+    max_members: int = MAX_MEMBERS,
+    max_bytes: int = MAX_BYTES,
+    max_ratio: float = MAX_RATIO,
 ) -> Path:
     """Download bundle ``name`` listed in ``index`` into ``dir/name``: verify sha256, then extract atomically.
 
     :func:`install_bundle` returning only the folder; which version was picked and why is logged (logger
-    ``tlk_components.zoo``), and an incompatible explicit ``version`` gives a ``UserWarning``.
+    ``tlk_components.zoo``), and an incompatible explicit ``version`` gives a ``UserWarning``. Where the previous
+    copy of ``dir/name`` was moved (``dir/<name>_v<old version>_backup``) is logged as a warning.
 
     Args:
         name: bundle name (as in the index).
         index: URL (``http(s)://``, ``file://``) or path of the index (or of its folder).
-        dir: parent folder for the bundle (created); an existing ``dir/name`` is replaced only after success.
+        dir: parent folder for the bundle (created); an existing ``dir/name`` is moved aside only after success.
         version: exact version; default the newest compatible with the installed MONAI and PyTorch.
         timeout: seconds to wait for a server to answer (default 30).
         allow_unverified: also fetch ``large_files.yml`` entries without ``hash_val`` (default: refused).
+        max_members: most archive members accepted (default 10,000).
+        max_bytes: most uncompressed bytes accepted (default 20 GiB).
+        max_ratio: largest compression ratio accepted above 64 MiB (default 200).
 
     Returns:
         The bundle folder ``dir/name``, ready for ``python -m monai.bundle run`` from any directory.
@@ -879,8 +1022,20 @@ def download_bundle(
     Raises:
         DownloadError: see :func:`install_bundle`.
     """
-    result = install_bundle(name, index, dir, version=version, timeout=timeout, allow_unverified=allow_unverified)
+    result = install_bundle(
+        name,
+        index,
+        dir,
+        version=version,
+        timeout=timeout,
+        allow_unverified=allow_unverified,
+        max_members=max_members,
+        max_bytes=max_bytes,
+        max_ratio=max_ratio,
+    )
     logger.info("%s: %s", result.name, result.message)
+    if result.backup is not None:
+        logger.warning("%s: the previous copy of %s was moved to %s", result.name, result.path, result.backup)
     for w in result.warnings:
         warnings.warn(w, UserWarning, stacklevel=2)
     return result.path
@@ -893,8 +1048,13 @@ def download_cmd(
     version: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     allow_unverified: bool = False,
+    max_members: int = MAX_MEMBERS,
+    max_bytes: int = MAX_BYTES,
+    max_ratio: float = MAX_RATIO,
 ) -> str:
     """Download bundle NAME from the zoo index INDEX into DIR/NAME (sha256-verified, extracted atomically).
+
+    A copy already in DIR/NAME is kept: it is moved to DIR/NAME_v<its version>_backup (the output says where).
 
     Args:
         name: bundle name (``tlk list --index INDEX`` shows them).
@@ -904,6 +1064,9 @@ def download_cmd(
             MONAI and PyTorch (stable releases first).
         timeout: seconds to wait for a server (default 30).
         allow_unverified: also fetch large_files.yml entries that have no hash_val.
+        max_members: most archive members accepted (default 10000).
+        max_bytes: most uncompressed bytes accepted (default 20 GiB).
+        max_ratio: largest compression ratio accepted above 64 MiB (default 200).
     """
     r = install_bundle(
         name,
@@ -912,11 +1075,16 @@ def download_cmd(
         version=None if version is None else str(version),
         timeout=float(timeout),
         allow_unverified=bool(allow_unverified),
+        max_members=int(max_members),
+        max_bytes=int(max_bytes),
+        max_ratio=float(max_ratio),
     )
     for w in r.warnings:
         print(f"warning: {w}", file=sys.stderr)
     lines = [f"downloaded {r.name} {r.version} (sha256 verified) into {r.path}", f"  {r.message}"]
     lines += [f"  fetched {p.relative_to(r.path)} (large_files.yml, hash verified)" for p in r.large_files]
+    if r.backup is not None:
+        lines.append(f"  the previous copy (with its models/ and eval/) was moved to {r.backup}, not deleted")
     lines.append(
         f"run it: python -m monai.bundle run --config_file {r.path / 'configs' / 'inference.json'} "
         "--input_dir DIR --output_dir OUT"

@@ -221,7 +221,8 @@ def package_bundle(
             ``<base_url>/<zip name>``. Default: the zip's ``file://`` URL. A relative prefix (``"."``) makes the
             source relative to the index, so the folder can be moved to any server as is.
         full_verify: also build the network and check TorchScript export (default: file checks only:
-            metadata schema, required files, config keys, overrides, portability, README figures).
+            metadata schema, required files, config keys, overrides, portability, README figures). This runs code
+            from the bundle's configs (``verify``'s ``trust=True``): pass it for a bundle you trust.
         allow_untrained: package a bundle without trained weights (a config-only release, recorded as
             ``"untrained": true``); default: refused.
 
@@ -235,7 +236,8 @@ def package_bundle(
         ConfigError: unknown bundle (lists the known ones).
     """
     path = find_bundle(bundle)
-    report = verify_bundle(path, checks=None if full_verify else STATIC_CHECKS)
+    # full_verify: the packager asks to build their own bundle, so its config code may run (trust=True)
+    report = verify_bundle(path, checks=None if full_verify else STATIC_CHECKS, trust=True if full_verify else None)
     problems = [] if report.ok else [f"verification failed\n{report.summary()}"]
     weights = weight_files(path)
     missing = [rel for rel in weights.values() if not (path / rel).is_file()]
@@ -314,7 +316,7 @@ def package_cmd(
         bundle: bundle name or folder.
         out: release folder (created); serve it from any static server to share the bundles.
         base_url: where OUT will be served (``https://host/zoo``); default the file:// URL of the zip.
-        full_verify: also build and export the network before packaging.
+        full_verify: also build and export the network before packaging (runs the config code of your bundle).
         allow_untrained: release a bundle without trained weights (config only; recorded as untrained).
     """
     e = package_bundle(

@@ -30,6 +30,13 @@ Checks (each named in the report; a failed check lists what to fix):
 The network checks run for ``network_def`` and for each ``network_def_<name>`` of a multi-network bundle (weights
 ``models/model_<name>.pt``, TorchScript ``models/model_<name>.ts``).
 
+Trust: ``net_in_out``, ``torchscript`` and ``properties`` (:data:`CODE_CHECKS`) build the bundle's configs, which
+runs code from them (``_target_`` callables, ``$`` expressions evaluated by Python). They run by default only for
+this checkout's own bundles (``<repo>/bundles/``); for any other folder (a downloaded bundle) only the file checks
+run and the report says how to run the rest: ``trust=True`` (``tlk verify PATH --trust``), after reading its
+configs. MONAI's warnings about executing config code are never silenced, and ``trust=True`` on a bundle outside
+this checkout warns once itself.
+
 Everything is driven by the bundle's files; adding a bundle under ``bundles/`` is enough for ``verify --all``.
 """
 
@@ -59,11 +66,13 @@ from tlk_components.zoo.registry import find_bundle, list_bundles
 
 __all__ = [
     "ALL_CHECKS",
+    "CODE_CHECKS",
     "REQUIRED_FILES",
     "STATIC_CHECKS",
     "CheckResult",
     "VerifyError",
     "VerifyReport",
+    "is_checkout_bundle",
     "readme_metrics",
     "verify_all",
     "verify_bundle",
@@ -125,8 +134,14 @@ STATIC_CHECKS: tuple[str, ...] = (
     "readme_metrics",
     "weights",
 )
+#: Checks that build the bundle's configs, so run code from them: only for trusted bundles (see ``trust``).
+CODE_CHECKS: tuple[str, ...] = ("net_in_out", "torchscript", "properties")
 #: All checks, in report order: the static ones, then those that build the networks and the workflows.
-ALL_CHECKS: tuple[str, ...] = (*STATIC_CHECKS, "net_in_out", "torchscript", "properties")
+ALL_CHECKS: tuple[str, ...] = (*STATIC_CHECKS, *CODE_CHECKS)
+#: This checkout's own bundles: the only ones whose code checks run without ``trust=True``.
+CHECKOUT_BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
+#: How MONAI words the risk of parsing a config (monai.bundle.scripts; GHSA-873f-pvrv-4x83).
+_TRUST_ADVISORY = "https://github.com/Project-MONAI/MONAI/security/advisories/GHSA-873f-pvrv-4x83"
 
 #: What the MONAI Model Zoo's ``ci/verify_bundle.py`` requires (``necessary_files_list``) and prefers
 #: (``models/model.pt``, ``configs/inference.json``; a missing preferred file is a warning there and here).
@@ -206,11 +221,14 @@ class VerifyReport:
         bundle: bundle name (folder name).
         path: bundle folder.
         checks: results in :data:`ALL_CHECKS` order.
+        untrusted: the code checks asked for but not run, because the bundle is not trusted (see ``trust`` in
+            :func:`verify_bundle`); the summary then says how to run them.
     """
 
     bundle: str
     path: Path
     checks: list[CheckResult] = field(default_factory=list)
+    untrusted: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -228,7 +246,19 @@ class VerifyReport:
 
     def summary(self) -> str:
         head = f"{self.bundle} ({self.path}): {'OK' if self.ok else 'FAILED ' + ', '.join(self.failed)}"
-        return "\n".join([head, *(c.line() for c in self.checks)])
+        if self.untrusted:
+            head += " (file checks only)"
+        return "\n".join([head, *(c.line() for c in self.checks), *([self.trust_note()] if self.untrusted else [])])
+
+    def trust_note(self) -> str:
+        """What was not run on an untrusted bundle and how to run it ("" when everything asked for ran)."""
+        if not self.untrusted:
+            return ""
+        return (
+            f"  note: {', '.join(self.untrusted)} not run: they execute code from the bundle's configs (_target_ "
+            f"callables, '$' expressions), and {self.path} is not one of this checkout's bundles. Read its configs, "
+            f"then run them with `tlk verify {self.path} --trust` (Python: verify_bundle(..., trust=True))"
+        )
 
     def raise_if_bad(self) -> None:
         """Raise :class:`VerifyError` with the full summary when any check failed."""
@@ -373,24 +403,38 @@ def _weights_for(path: Path, net_id: str, ext: str) -> Path:
     return path / "models" / f"model{suffix}.{ext}"
 
 
+def _keep_warning(w: warnings.WarningMessage) -> bool:
+    """Whether a warning caught in :func:`_quiet` is shown: MONAI bundle warnings (config code, references)."""
+    if not issubclass(w.category, UserWarning):
+        return False  # tracer, deprecation and future warnings of torch/MONAI internals
+    text = str(w.message)
+    from_bundle = "monai/bundle/" in str(w.filename).replace("\\", "/")
+    return from_bundle or "eval()" in text or "_target_" in text or "trust" in text
+
+
 @contextlib.contextmanager
 def _quiet() -> Any:
-    """Silence MONAI's input-summary logging, stdout prints and tracer warnings during in-process checks.
+    """Silence MONAI's input-summary logging, stdout prints and tracer/deprecation warnings during in-process checks.
 
-    Failures are not hidden: they raise, and the checks turn them into problems.
+    Failures are not hidden: they raise, and the checks turn them into problems. Warnings are caught, and those from
+    ``monai.bundle`` (e.g. that a config's code is executed) are shown again after the block, on the real stderr.
     """
     level = logging.root.manager.disable
     logging.disable(logging.INFO)
+    caught: list[warnings.WarningMessage] = []
     try:
         with (
             contextlib.redirect_stdout(io.StringIO()),
             contextlib.redirect_stderr(io.StringIO()),
-            warnings.catch_warnings(),
+            warnings.catch_warnings(record=True) as caught,
         ):
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("always")
             yield
     finally:
         logging.disable(level)
+        for w in caught:
+            if _keep_warning(w):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -930,13 +974,30 @@ _CHECKS = {
 }
 
 
-def verify_bundle(bundle: str | os.PathLike, checks: Sequence[str] | None = None, device: str = "cpu") -> VerifyReport:
+def is_checkout_bundle(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a bundle of this checkout (under ``<repo>/bundles/`` after resolving links)."""
+    try:
+        return Path(path).resolve().is_relative_to(CHECKOUT_BUNDLES.resolve())
+    except OSError:
+        return False
+
+
+def verify_bundle(
+    bundle: str | os.PathLike,
+    checks: Sequence[str] | None = None,
+    device: str = "cpu",
+    trust: bool | None = None,
+) -> VerifyReport:
     """Run the named checks on one bundle and return the report (never raises for a failed check).
 
     Args:
         bundle: bundle name (see ``tlk list``) or bundle folder.
         checks: subset of :data:`ALL_CHECKS` (default: all). :data:`STATIC_CHECKS` reads files only.
         device: where the network checks run (default ``"cpu"``).
+        trust: run the :data:`CODE_CHECKS`, which execute code from the bundle's configs. Default (None): only
+            for this checkout's own bundles (:func:`is_checkout_bundle`); for any other folder they are reported
+            as skipped (``report.untrusted``) with how to run them. True: run them (a ``UserWarning`` says that a
+            bundle from outside this checkout runs code); False: never.
 
     Returns:
         :class:`VerifyReport`; ``report.ok`` is False when any check failed, ``report.summary()`` says what to fix.
@@ -951,12 +1012,23 @@ def verify_bundle(bundle: str | os.PathLike, checks: Sequence[str] | None = None
     for n in names:
         look_up_option("check", n, ALL_CHECKS)
     report = VerifyReport(bundle=path.name, path=path)
+    trusted = is_checkout_bundle(path) if trust is None else bool(trust)
+    if trusted and not is_checkout_bundle(path) and any(n in CODE_CHECKS for n in names):
+        warnings.warn(
+            f"verify builds the configs of {path}: any '_target_' in them is called and any '$' expression is "
+            f"evaluated by Python. Only do this for bundles from a source you trust (see {_TRUST_ADVISORY}).",
+            UserWarning,
+            stacklevel=2,
+        )
     for name in ALL_CHECKS:
         if name not in names:
             continue
         res = CheckResult(name)
         t0 = time.perf_counter()
-        if name == "net_in_out":
+        if name in CODE_CHECKS and not trusted:
+            res.skipped = "not run: it executes code from the bundle's configs (see the note below; --trust)"
+            report.untrusted.append(name)
+        elif name == "net_in_out":
             _check_net_in_out(path, res, device)
         elif name == "torchscript":
             _check_torchscript(path, res, device)
@@ -967,27 +1039,48 @@ def verify_bundle(bundle: str | os.PathLike, checks: Sequence[str] | None = None
     return report
 
 
-def verify_all(root: str | os.PathLike | None = None, checks: Sequence[str] | None = None) -> list[VerifyReport]:
-    """:func:`verify_bundle` for every bundle found by :func:`~tlk_components.zoo.registry.list_bundles`."""
-    return [verify_bundle(p, checks=checks) for p in list_bundles(root).values()]
+def verify_all(
+    root: str | os.PathLike | None = None, checks: Sequence[str] | None = None, trust: bool | None = None
+) -> list[VerifyReport]:
+    """:func:`verify_bundle` for every bundle found by :func:`~tlk_components.zoo.registry.list_bundles`.
+
+    ``trust`` as in :func:`verify_bundle`: by default the code checks run for this checkout's own bundles only.
+    """
+    return [verify_bundle(p, checks=checks, trust=trust) for p in list_bundles(root).values()]
 
 
-def verify_cmd(bundle: str | None = None, all: bool = False, static: bool = False) -> str:
+def verify_cmd(bundle: str | None = None, all: bool = False, static: bool = False, trust: bool = False) -> str:
     """Verify BUNDLE (or every bundle with --all); exits with status 2 and the list of fixes when a check fails.
+
+    For a bundle outside this checkout's bundles/ (e.g. a downloaded one) only the file checks run unless --trust
+    is given: the others execute code from its configs.
 
     Args:
         bundle: bundle name or folder.
         all: verify every bundle under bundles/.
         static: only the checks that read files (skip building and exporting the networks).
+        trust: also run the checks that execute the bundle's config code (net_in_out, torchscript, properties)
+            on a bundle from outside this checkout; read its configs first.
     """
     if bool(bundle) == bool(all):
         raise VerifyError("pass exactly one of BUNDLE or --all, e.g. `tlk verify mnist_mlp_classification`")
     checks = STATIC_CHECKS if static else None
-    reports = verify_all(checks=checks) if all else [verify_bundle(str(bundle), checks=checks)]
+    trust_arg = True if trust else None
+    reports = (
+        verify_all(checks=checks, trust=trust_arg)
+        if all
+        else [verify_bundle(str(bundle), checks=checks, trust=trust_arg)]
+    )
     if not reports:
         raise VerifyError("no bundles found (looked for bundles/*/configs/metadata.json)")
     text = "\n".join(r.summary() for r in reports)
     bad = [r.bundle for r in reports if not r.ok]
     if bad:
         raise VerifyError(f"{text}\n{len(bad)} of {len(reports)} bundle(s) failed: {', '.join(bad)}")
+    partial = [r.bundle for r in reports if r.untrusted]
+    if partial:
+        return (
+            f"{text}\nall {len(reports)} bundle(s) passed the checks that ran; the checks that execute config code "
+            f"were not run for {', '.join(partial)} (pass --trust to run them)"
+        )
     return f"{text}\nall {len(reports)} bundle(s) passed"

@@ -314,3 +314,19 @@ def test_disk_cache_matches_memory_cache(tiny, tmp_path):
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(ConfigError, match="cache_dir .*a_file.* cannot be created"):
         BratsSliceDataset(data, cache="disk", cache_dir=tmp_path / "a_file" / "cache")
+
+
+def test_ill_one_nan_voxel_in_a_sequence_is_named(tiny, tmp_path):
+    """One NaN voxel in a float sequence fails the checker before any compute (it used to pass and train NaN)."""
+    d = tmp_path / "nan"
+    shutil.copytree(tiny / "BraTS20_Training_001", d / "BraTS20_Training_001")
+    f = d / "BraTS20_Training_001" / "BraTS20_Training_001_flair.nii.gz"
+    img = nib.load(str(f))
+    data = np.asanyarray(img.dataobj).astype(np.float32)
+    data[1, 2, 3] = np.nan
+    nib.save(nib.Nifti1Image(data, img.affine), str(f))
+    report = verify_dataset(d)
+    assert not report.ok
+    assert "BraTS20_Training_001: BraTS20_Training_001_flair.nii.gz has 1 NaN/Inf voxel(s)" in "\n".join(
+        report.problems
+    )

@@ -47,7 +47,7 @@ import torch
 from monai.transforms import NormalizeIntensity
 from scipy import ndimage
 
-from tlk_components.data.nifti_checks import load_nifti, save_nifti
+from tlk_components.data.nifti_checks import count_nonfinite, load_nifti, save_nifti
 from tlk_components.utils.errors import ConfigError, DatasetError
 from tlk_components.utils.validation import check_in_range, check_positive_int
 from tlk_components.zoo.datasets import DatasetReport
@@ -175,6 +175,14 @@ def _check_case(case: Path, require_label: bool) -> list[str]:
             continue
         if len(shapes[name]) != 3:
             problems.append(f"{f.name} has shape {shapes[name]}; expected a 3-D volume")
+        elif name != "seg" and np.issubdtype(img.get_data_dtype(), np.floating):
+            # an integer file cannot hold NaN/Inf, so only float files are read (once, here)
+            n_bad = count_nonfinite(np.asanyarray(img.dataobj))
+            if n_bad:
+                problems.append(
+                    f"{f.name} has {n_bad} NaN/Inf voxel(s) of {int(np.prod(shapes[name]))}; expected finite "
+                    "intensities: re-export the volume or replace them (e.g. with 0, the background)"
+                )
     if len(set(shapes.values())) > 1:
         detail = ", ".join(f"{k} {v}" for k, v in shapes.items())
         problems.append(f"sequences have different shapes ({detail}); expected one shape for all")
@@ -229,8 +237,8 @@ def verify_dataset(dataset_dir: str | os.PathLike, require_label: bool = True) -
     """Check every case of a BraTS-layout dataset before any compute; list every bad case by name.
 
     Checks: at least one ``BraTS20_*`` case folder; all four sequences (and ``seg`` when ``require_label``)
-    present as ``.nii.gz`` or ``.nii`` (not both) and readable; all files of a case of the same 3-D shape; ``seg``
-    values in {0, 1, 2, 4}. A missing file is reported with the names expected and the files found instead.
+    present as ``.nii.gz`` or ``.nii`` (not both) and readable; all files of a case of the same 3-D shape; no
+    NaN/Inf voxel in a sequence stored as floats; ``seg`` values in {0, 1, 2, 4}. A missing file is reported with the names expected and the files found instead.
 
     Args:
         dataset_dir: the dataset folder.

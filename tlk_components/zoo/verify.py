@@ -933,16 +933,15 @@ def workflow_property_problems(
 def _check_properties(path: Path, res: CheckResult) -> None:
     from tlk_components.utils.errors import ConfigError
 
-    try:
-        sandbox = _workflow_sandbox(path)
-        overrides = sandbox.__enter__()
-    except ConfigError as e:
-        res.skipped = f"no demo data to build the workflows on ({e})"
-        return
-    except Exception as e:  # noqa: BLE001
-        res.problems.append(f"cannot prepare the tiny demo dataset and weights: {_short(e)}")
-        return
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            overrides = stack.enter_context(_workflow_sandbox(path))
+        except ConfigError as e:
+            res.skipped = f"no demo data to build the workflows on ({e})"
+            return
+        except Exception as e:  # noqa: BLE001
+            res.problems.append(f"cannot prepare the tiny demo dataset and weights: {_short(e)}")
+            return
         done = []
         for workflow_type, rel in WORKFLOW_CONFIGS:
             cfg = path / rel
@@ -954,8 +953,6 @@ def _check_properties(path: Path, res: CheckResult) -> None:
                 run_override["epochs"] = 1
             res.problems += workflow_property_problems(path, workflow_type, cfg, **run_override)
             done.append(workflow_type)
-    finally:
-        sandbox.__exit__(None, None, None)
     if not res.problems:
         res.detail = f"ConfigWorkflow.check_properties() returns [] for {', '.join(done)} (tiny demo data)"
 

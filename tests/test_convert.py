@@ -112,3 +112,61 @@ def test_cli_commands(demo, tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         main(["convert_amos22", str(demo), str(tmp_path / "b"), "--label_strategy", "organs"])
     assert err.value.code == 2 and "label_strategy" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------- issue 12: the real downloads' common variants
+
+
+def _real_download_copy(demo, tmp_path):
+    """The demo rewritten as users hold the real data: the KiTS19 repository clone (``kits19/data/case_*``) with
+    uncompressed ``.nii`` files, and an AMOS22 release whose dataset.json also lists an MRI scan (id >= 501)."""
+    import shutil
+
+    root = tmp_path / "downloads"
+    kits = root / "kits19" / "data"
+    shutil.copytree(demo / "kits19", kits)
+    for f in kits.glob("case_*/*.nii.gz"):
+        nib.save(nib.load(f), f.with_name(f.name.removesuffix(".gz")))
+        f.unlink()
+    amos = root / "amos22"
+    shutil.copytree(demo / "amos22", amos)
+    meta = json.loads((amos / "dataset.json").read_text())
+    first = meta["training"][0]
+    for key, sub in (("image", "imagesTr"), ("label", "labelsTr")):  # an MRI scan, listed like the CT ones
+        shutil.copy(amos / first[key], amos / sub / "amos_0507.nii.gz")
+    meta["training"].append({"image": "./imagesTr/amos_0507.nii.gz", "label": "./labelsTr/amos_0507.nii.gz"})
+    # one CT case stored uncompressed while dataset.json still names the .nii.gz
+    img = amos / "imagesTr" / "amos_0001.nii.gz"
+    nib.save(nib.load(img), img.with_suffix(""))
+    img.unlink()
+    (amos / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def test_real_download_variants_are_read_as_they_are(demo, tmp_path, caplog):
+    root = _real_download_copy(demo, tmp_path)
+    assert kidney.detect_layout(root / "kits19") == "kits19"
+    assert kidney.verify_dataset(root).ok, kidney.verify_dataset(root).problems
+    kits = kidney.kits19_datalist(root, split="all")
+    assert kits and all(i["image"].endswith("/imaging.nii") and "/kits19/data/case_" in i["image"] for i in kits)
+    assert all(i["label"].endswith("/segmentation.nii") for i in kits)
+    with caplog.at_level("INFO"):
+        amos = kidney.amos22_datalist(root, split="all")
+    assert not any("amos_0507" in i["image"] for i in amos) and "left out 1 MRI case" in caplog.text
+    assert amos[0]["image"].endswith("imagesTr/amos_0001.nii") and len(amos) == len(kidney.amos22_datalist(demo))
+    # conversion reads the same variants
+    out = convert_kits19(str(root / "kits19"), str(tmp_path / "conv_kits"))
+    assert json.loads((tmp_path / "conv_kits/dataset.json").read_text())["numTraining"] == len(kits)
+    convert_amos22(str(root / "amos22"), str(tmp_path / "conv_amos"))
+    assert not (tmp_path / "conv_amos/imagesTr/amos_0507.nii.gz").exists()
+    assert kidney.verify_dataset(out).ok
+
+
+def test_kits_case_with_both_nifti_forms_is_refused(demo, tmp_path):
+    root = _real_download_copy(demo, tmp_path)
+    case = root / "kits19" / "data" / "case_00000"
+    nib.save(nib.load(case / "imaging.nii"), case / "imaging.nii.gz")
+    report = kidney.verify_dataset(root / "kits19")
+    assert not report.ok and any("both imaging.nii.gz and imaging.nii" in p for p in report.problems)
+    with pytest.raises(DatasetError, match="keep one of them"):
+        kidney.kits19_datalist(root / "kits19")

@@ -16,6 +16,7 @@ from monai.utils import set_determinism
 
 from tlk_components.data.cotraining import TwoViewSamples, load_splits, write_demo
 from tlk_components.engines.cotraining import CoTrainer, CoTrainingEvaluator, CoTrainingPredictor, TwoViewDataset
+from tlk_components.engines.handlers import NonFiniteLossError
 from tlk_components.networks.small_cnn import SmallCNN, build_view_network
 from tlk_components.networks.two_view import TwoViewClassifier
 from tlk_components.utils.errors import ConfigError, DatasetError
@@ -35,10 +36,10 @@ def tiny(tmp_path_factory) -> Path:
     return write_demo(tmp_path_factory.mktemp("cot_engine") / "tiny", size="tiny")
 
 
-def _trainer(splits, tmp: Path, **kw) -> CoTrainer:
+def _trainer(splits, tmp: Path, lr: float = 3e-3, channels: tuple[int, ...] = (8, 16), **kw) -> CoTrainer:
     set_determinism(seed=0)
-    nets = [SmallCNN(channels=(8, 16)) for _ in range(2)]
-    opts = [torch.optim.Adam(n.parameters(), lr=3e-3) for n in nets]
+    nets = [SmallCNN(channels=channels) for _ in range(2)]
+    opts = [torch.optim.Adam(n.parameters(), lr=lr) for n in nets]
     scheds = [torch.optim.lr_scheduler.ReduceLROnPlateau(o, factor=0.5, patience=1) for o in opts]
     args = {
         "splits": splits,
@@ -358,3 +359,81 @@ def test_comparison_of_three_runs(tiny, tmp_path):
         CoTrainingComparison(
             splits, TwoViewDataset(splits.samples, PRE), _two_view(), {"a": runs["never_trained"]}, tmp_path
         ).run()
+
+
+# ------------------------------------------------------------- issue 12: training-run safety (items 5, 6, 7, 9, 15)
+
+
+class _NaNLoss(torch.nn.Module):
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return pred.sum() * float("nan")
+
+
+def test_nan_loss_stops_cotraining_and_saves_nothing(tiny, tmp_path):
+    splits = load_splits(tiny)
+    with pytest.raises(NonFiniteLossError, match=r"training loss is nan.*verify-dataset"):
+        _trainer(splits, tmp_path, iterations=1, loss_function=_NaNLoss()).run()
+    assert not list((tmp_path / "models").glob("model*.pt"))
+    assert not (tmp_path / "models" / "checkpoint_last.pt").exists()
+
+
+def test_new_run_keeps_earlier_models(tiny, tmp_path):
+    splits = load_splits(tiny)
+    _trainer(splits, tmp_path, iterations=1).run()
+    models = tmp_path / "models"
+    before = {n: (models / n).read_bytes() for n in ("model.pt", "model_view0.pt", "model_view1.pt")}
+    _trainer(splits, tmp_path, iterations=1, resume=False, lr=1e-4).run()
+    for name, data in before.items():
+        kept = list(models.glob(f"{name}.bak-*"))
+        assert len(kept) == 1 and kept[0].read_bytes() == data
+        assert (models / name).is_file()
+    # a resumed run writes over its own files, keeping nothing aside
+    _trainer(splits, tmp_path, iterations=2, lr=1e-4).run()
+    assert len(list(models.glob("model.pt.bak-*"))) == 1
+
+
+def test_checkpoint_of_another_run_is_refused(tiny, tmp_path):
+    splits = load_splits(tiny)
+    mine = {"configs": {"train.json#k": "a"}, "overrides": {}}
+    other = {"configs": {"train.json#k": "a"}, "overrides": {"dataset_dir": "/data/other"}}
+    _trainer(splits, tmp_path, iterations=1, run_info=mine).run()
+    with pytest.raises(ConfigError, match=r"another training run.*dataset_dir.*--resume false.*--ckpt_dir"):
+        _trainer(splits, tmp_path, iterations=2, run_info=other).run()
+    assert len(_trainer(splits, tmp_path, iterations=1, run_info=other, resume=False).run()) == 1
+
+
+def test_second_concurrent_cotraining_run_is_refused(tiny, tmp_path):
+    from tlk_components.engines.checkpoint import RunLock
+
+    held = RunLock(tmp_path / "models")
+    held.acquire()
+    try:
+        with pytest.raises(ConfigError, match=r"in use by another training run.*--ckpt_dir"):
+            _trainer(load_splits(tiny), tmp_path, iterations=1).run()
+    finally:
+        held.release()
+    assert len(_trainer(load_splits(tiny), tmp_path, iterations=1).run()) == 1  # free again
+
+
+def test_resume_with_new_learning_rate_restarts_schedule(tiny, tmp_path):
+    splits = load_splits(tiny)
+    _trainer(splits, tmp_path, iterations=1, lr=3e-3).run()
+    same = _trainer(splits, tmp_path / "same", iterations=1, lr=3e-3)
+    same.run()
+    # the same learning rate: the plateau scheduler's progress is restored
+    resumed = _trainer(splits, tmp_path / "same", iterations=2, lr=3e-3)
+    resumed._initial_state()
+    resumed.load_state_dict(load_weights(tmp_path / "same" / "models" / "checkpoint_last.pt"))
+    assert resumed.lr_schedulers[0].best < float("inf")
+    # another learning rate: the optimizer runs at the new one, the schedule starts afresh
+    changed = _trainer(splits, tmp_path, iterations=2, lr=1e-3)
+    hist = changed.run()
+    assert hist[1]["lr_view0"] == pytest.approx(1e-3) and hist[1]["lr_view1"] == pytest.approx(1e-3)
+    assert load_weights(tmp_path / "models" / "checkpoint_last.pt")["config_lr0"] == [pytest.approx(1e-3)]
+
+
+def test_resume_after_architecture_change_is_clear(tiny, tmp_path):
+    splits = load_splits(tiny)
+    _trainer(splits, tmp_path, iterations=1).run()
+    with pytest.raises(ConfigError, match=r"checkpoint_last.pt: the saved model0 does not fit.*--resume false"):
+        _trainer(splits, tmp_path, iterations=2, channels=(4, 8)).run()

@@ -87,6 +87,25 @@ def test_plain_files_are_read_like_gz(tmp_path, tiny):
     np.testing.assert_array_equal(a[1], b[1])
 
 
+def test_common_copies_of_mnist_are_read_as_they_are(tmp_path, tiny):
+    """Issue 12: torchvision's download folder (``MNIST/raw/``) and the dotted names of some re-distributions
+    (``train-images.idx3-ubyte``) are found without renaming anything."""
+    expected = mnist.load_split(tiny, "train")
+    tv = tmp_path / "torchvision_data"
+    shutil.copytree(tiny, tv / "MNIST" / "raw")
+    for root in (tv, tv / "MNIST"):  # --dataset_dir data/ or data/MNIST/
+        assert mnist.verify_dataset(root).ok
+        np.testing.assert_array_equal(mnist.load_split(root, "train")[0], expected[0])
+    dotted = tmp_path / "dotted"
+    dotted.mkdir()
+    for f in tiny.iterdir():
+        if "-idx" in f.name:
+            shutil.copy(f, dotted / f.name.replace("-idx", ".idx", 1))
+    assert mnist.find_idx(dotted, "train-images-idx3-ubyte").name.startswith("train-images.idx3-ubyte")
+    assert mnist.verify_dataset(dotted).ok
+    np.testing.assert_array_equal(mnist.load_split(dotted, "train")[1], expected[1])
+
+
 # ---------------------------------------------------------------------------------------------- bad IDX input
 def test_ill_missing_files_are_all_listed(tmp_path, tiny):
     d = _copy(tiny, tmp_path / "d")

@@ -130,6 +130,12 @@ def test_input_datalist_layouts(demo, tmp_path):
     amos = input_datalist(demo / "amos22")
     assert len(amos) == 4 and case_name(amos[0]["image"]) == "amos_0001"
     assert case_name("/x/imagesTr/la_003_0000.nii.gz") == "la_003"
+    # the KiTS19 repository clone keeps its cases in data/
+    import shutil
+
+    shutil.copytree(demo / "kits19" / "case_00001", tmp_path / "kits19" / "data" / "case_00001")
+    clone = input_datalist(tmp_path / "kits19")
+    assert [case_name(i["image"]) for i in clone] == ["case_00001"]
     with pytest.raises(DatasetError, match="no .nii"):
         input_datalist(tmp_path)
     with pytest.raises(DatasetError, match="does not exist"):

@@ -28,6 +28,8 @@ def _bundle_with_clutter(root: Path) -> Path:
         (b / rel).write_bytes(b"x")
     (b / ".DS_Store").write_bytes(b"x")
     (b / "models" / ".model.pt.123.tmp").write_bytes(b"half-written")
+    (b / "models" / "model.pt.bak-20261130-120000").write_bytes(b"an earlier run's model")
+    (b / "models" / ".lock").write_bytes(b"pid 1")
     return b
 
 
@@ -45,7 +47,8 @@ def test_zip_layout_and_index_entry(tmp_path):
     assert all(n.startswith(f"{NAME}/") for n in names)
     assert f"{NAME}/models/model.pt" in names and f"{NAME}/models/model.ts" in names
     assert f"{NAME}/configs/metadata.json" in names and f"{NAME}/docs/README.md" in names
-    for excluded in ("/demo_data/", "/eval/", "/runs/", "/__pycache__/", "checkpoint_last.pt", ".DS_Store", ".tmp"):
+    excluded_names = ("/demo_data/", "/eval/", "/runs/", "/__pycache__/", "checkpoint_last.pt", ".DS_Store", ".tmp")
+    for excluded in (*excluded_names, ".bak-", ".lock"):
         assert not any(excluded in n for n in names), excluded
     assert names == sorted(names)
     index = json.loads((out / "model_info.json").read_text())

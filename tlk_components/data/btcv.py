@@ -162,11 +162,15 @@ def read_dataset_json(dataset_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def _resolve(base: Path, rel: str) -> Path:
+    """A ``dataset.json`` path, or where it does not exist the variant a copy of the dataset holds instead:
+    the nnU-Net v1 raw name (``x_0000.nii.gz``) or the other NIfTI form (``x.nii`` for ``x.nii.gz`` and back)."""
     path = (base / rel).resolve() if not os.path.isabs(rel) else Path(rel)
-    if not path.exists() and path.name.endswith(".nii.gz"):
-        alt = path.with_name(path.name[: -len(".nii.gz")] + "_0000.nii.gz")  # nnU-Net v1 raw naming
-        if alt.exists():
-            return alt
+    if path.exists():
+        return path
+    stem = _case_id(path)
+    for alt in (f"{stem}_0000.nii.gz", f"{stem}_0000.nii", f"{stem}.nii", f"{stem}.nii.gz"):
+        if path.with_name(alt).exists():
+            return path.with_name(alt)
     return path
 
 

@@ -41,7 +41,16 @@ import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
 from tlk_components.data.btcv import read_dataset_json
-from tlk_components.data.kidney import AMOS_CLASS_NAMES, KITS19_FIRST_TEST_CASE, verify_amos22, verify_kits19
+from tlk_components.data.kidney import (
+    AMOS_CLASS_NAMES,
+    KITS19_FIRST_TEST_CASE,
+    amos22_label_file,
+    is_amos_mri,
+    kits19_case_file,
+    kits19_root,
+    verify_amos22,
+    verify_kits19,
+)
 from tlk_components.data.nifti_checks import load_nifti, save_nifti
 from tlk_components.utils.errors import DatasetError
 from tlk_components.utils.io import atomic_write_json
@@ -293,17 +302,17 @@ def convert_kits19(kits_dir: str, out_dir: str, label_strategy: str = "kidney") 
     verify_kits19(base).raise_if_bad()
     previous = _previous_conversion(out, "kits19", label_strategy)
     planned: dict[str, tuple[Path, bool]] = {}
-    for case in sorted(p for p in base.glob("case_*") if p.is_dir()):
-        seg = case / "segmentation.nii.gz"
+    for case in sorted(p for p in kits19_root(base).glob("case_*") if p.is_dir()):
+        seg = kits19_case_file(case, "segmentation")
         planned[case.name] = (
-            case / "imaging.nii.gz",
+            kits19_case_file(case, "imaging"),
             int(case.name.split("_")[1]) < KITS19_FIRST_TEST_CASE and seg.is_file(),
         )
     _check_merge(previous, planned, out)
     training, test, records = [], [], {}
     tumour_to_kidney = np.array([0, 1, 1], dtype=np.int64)
     for name, (img, labelled) in planned.items():
-        seg = img.parent / "segmentation.nii.gz"
+        seg = kits19_case_file(img.parent, "segmentation")
         records[name] = _write_case(img, seg if labelled else None, out, name, tumour_to_kidney)
         (training if labelled else test).append(name)
     conv = {
@@ -352,11 +361,12 @@ def convert_amos22(amos_dir: str, out_dir: str, label_strategy: str = "amos15") 
     planned = {
         img.name.split(".nii")[0].removesuffix("_0000"): (img, True)
         for img in sorted((base / "imagesTr").glob("*.nii*"))
+        if not is_amos_mri(img)  # the full AMOS22 release also holds MRI scans; this CT conversion leaves them out
     }
     _check_merge(previous, planned, out)
     training, records = [], {}
     for case, (img, _) in planned.items():
-        records[case] = _write_case(img, base / "labelsTr" / img.name, out, case, label_map)
+        records[case] = _write_case(img, amos22_label_file(base, img), out, case, label_map)
         training.append(case)
     conv = {
         "source_layout": "amos22",

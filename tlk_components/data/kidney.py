@@ -8,6 +8,12 @@ Layouts (as the public datasets ship them):
 * KiTS19 (target): ``case_NNNNN/imaging.nii.gz`` and ``case_NNNNN/segmentation.nii.gz`` (0 background,
   1 kidney, 2 tumour). Arrays are stored slices-first (axis codes "IPL"), as in the real release; cases
   from 210 on are KiTS19's unlabelled test set.
+
+Common variants of the real downloads are read as they are: uncompressed ``.nii`` files (``imaging.nii``,
+``amos_0001.nii``; a file may exist in only one of the two forms), the official KiTS19 repository clone whose cases
+sit in ``kits19/data/case_NNNNN/`` (``data/`` is entered automatically), and the full AMOS22 release, whose
+``dataset.json`` also lists MRI scans (case ids 0501-0600): this bundle is CT-only, so they are left out, and the
+log says how many.
 * the demo folder (``--dataset_dir``) holds both: ``amos22/`` and ``kits19/``.
 * converted (:mod:`tlk_components.data.convert`): MSD-style ``imagesTr/``, ``labelsTr/``, ``dataset.json``.
 
@@ -19,6 +25,7 @@ scanner shift, a different on-disk axis order, and kidney tumours the source nev
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -31,16 +38,23 @@ from tlk_components.utils.io import atomic_write_json
 from tlk_components.utils.validation import look_up_option
 from tlk_components.zoo.datasets import DatasetReport
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "AMOS_CLASS_NAMES",
+    "AMOS_FIRST_MRI_CASE",
     "AMOS_KIDNEY_CHANNELS",
     "KITS19_FIRST_TEST_CASE",
     "SIZES",
     "SOURCE_STYLE",
     "TARGET_STYLE",
     "amos22_datalist",
+    "amos22_label_file",
     "detect_layout",
+    "is_amos_mri",
+    "kits19_case_file",
     "kits19_datalist",
+    "kits19_root",
     "source_dir",
     "target_dir",
     "verify_amos22",
@@ -74,6 +88,8 @@ AMOS_CLASS_NAMES: dict[int, str] = {
 AMOS_KIDNEY_CHANNELS: tuple[int, int] = (2, 3)
 #: KiTS19 cases from this id on are the unlabelled test set (no segmentation.nii.gz).
 KITS19_FIRST_TEST_CASE = 210
+#: AMOS22 case ids from this one on are MRI scans (ids 0001-0500 are CT).
+AMOS_FIRST_MRI_CASE = 501
 KITS_CLASS_NAMES: dict[int, str] = {0: "background", 1: "kidney", 2: "tumor"}
 
 #: Source (AMOS-like): portal-venous phase, homogeneous bright kidneys, no tumours, thick slices.
@@ -219,6 +235,54 @@ def target_dir(dataset_dir: str | os.PathLike) -> str:
     return str(d / "kits19") if (d / "kits19").is_dir() or _not_written_yet(d) else str(d)
 
 
+def kits19_root(kits_dir: str | os.PathLike) -> Path:
+    """The folder that holds the ``case_NNNNN`` folders: ``kits_dir`` itself, or its ``data/`` subfolder (the
+    official KiTS19 repository keeps the cases in ``kits19/data/``)."""
+    base = Path(kits_dir)
+    if not any(p.is_dir() for p in base.glob("case_*")) and any(p.is_dir() for p in (base / "data").glob("case_*")):
+        return base / "data"
+    return base
+
+
+def kits19_case_file(case: str | os.PathLike, name: str) -> Path:
+    """``case/<name>.nii.gz`` or, where only that exists, ``case/<name>.nii`` (a KiTS19 copy stored uncompressed).
+
+    Args:
+        case: a ``case_NNNNN`` folder.
+        name: ``"imaging"`` or ``"segmentation"``.
+
+    Returns:
+        The existing file; ``<name>.nii.gz`` when neither exists (checks then name the expected file).
+
+    Raises:
+        DatasetError: both forms exist (it is unclear which one holds the case).
+    """
+    case = Path(case)
+    gz, plain = case / f"{name}.nii.gz", case / f"{name}.nii"
+    if gz.exists() and plain.exists():
+        raise DatasetError(
+            f"{case}: both {gz.name} and {plain.name} exist; keep one of them (delete or move the other) so that "
+            "it is clear which one holds the case"
+        )
+    return plain if plain.exists() else gz
+
+
+def amos22_label_file(amos_dir: str | os.PathLike, image: str | os.PathLike) -> Path:
+    """The label of an AMOS22 image: ``labelsTr/<case>.nii.gz`` or, where only that exists, ``labelsTr/<case>.nii``
+    (``<case>`` without an nnU-Net ``_0000`` suffix); the ``.nii.gz`` path when neither exists."""
+    name = Path(image).name
+    case = name.split(".nii")[0].removesuffix("_0000")
+    folder = Path(amos_dir) / "labelsTr"
+    gz, plain = folder / f"{case}.nii.gz", folder / f"{case}.nii"
+    return plain if plain.exists() and not gz.exists() else gz
+
+
+def is_amos_mri(path: str | os.PathLike) -> bool:
+    """True for an AMOS22 MRI scan (``amos_NNNN`` with NNNN >= :data:`AMOS_FIRST_MRI_CASE`)."""
+    m = re.match(r"amos_(\d+)", Path(path).name)
+    return bool(m) and int(m.group(1)) >= AMOS_FIRST_MRI_CASE
+
+
 def _split(items: list, split: str, test_fraction: float) -> list:
     split = look_up_option("split", split, ("train", "test", "all"))
     if split == "all" or not items:
@@ -242,6 +306,13 @@ def amos22_datalist(
         ``[{"image": path, "label": path}, ...]`` sorted by case id.
     """
     pairs = msd_pairs(source_dir(amos_dir), keys=("training",))
+    mri = [p for p in pairs if is_amos_mri(p.image)]
+    if mri:
+        logger.info(
+            f"AMOS22: left out {len(mri)} MRI case(s) listed in dataset.json (ids >= {AMOS_FIRST_MRI_CASE}); this "
+            "bundle is trained on CT"
+        )
+        pairs = [p for p in pairs if not is_amos_mri(p.image)]
     items = [{"image": str(p.image), **({"label": str(p.label)} if labels and p.label else {})} for p in pairs]
     return _split(items, split, test_fraction)
 
@@ -263,7 +334,7 @@ def kits19_datalist(
     Raises:
         DatasetError: the folder holds no ``case_*`` folders.
     """
-    base = Path(target_dir(kits_dir))
+    base = kits19_root(target_dir(kits_dir))
     cases = sorted(p for p in base.glob("case_*") if p.is_dir())
     if not cases:
         raise DatasetError(f"{base}: no case_NNNNN folders; expected the KiTS19 layout (case_00000/imaging.nii.gz)")
@@ -271,9 +342,9 @@ def kits19_datalist(
     for case in cases:
         if _kits_case_number(case.name) >= KITS19_FIRST_TEST_CASE:
             continue
-        item = {"image": str(case / "imaging.nii.gz")}
+        item = {"image": str(kits19_case_file(case, "imaging"))}
         if labels:
-            item["label"] = str(case / "segmentation.nii.gz")
+            item["label"] = str(kits19_case_file(case, "segmentation"))
         items.append(item)
     return _split(items, split, test_fraction)
 
@@ -291,7 +362,7 @@ def detect_layout(dataset_dir: str | os.PathLike) -> str:
     d = Path(dataset_dir)
     if (d / "amos22").is_dir() or (d / "kits19").is_dir():
         return "demo"
-    if any(p.is_dir() for p in d.glob("case_*")):
+    if any(p.is_dir() for p in kits19_root(d).glob("case_*")):
         return "kits19"
     if (d / "dataset.json").is_file():
         try:
@@ -314,6 +385,7 @@ def verify_kits19(kits_dir: str | os.PathLike, report: DatasetReport | None = No
     if not base.is_dir():
         report.add(base.name, f"KiTS19 folder {base} does not exist")
         return report
+    base = kits19_root(base)
     cases = sorted(p for p in base.glob("case_*") if p.is_dir())
     if not cases:
         report.add(
@@ -327,7 +399,13 @@ def verify_kits19(kits_dir: str | os.PathLike, report: DatasetReport | None = No
         if number < 0:
             report.add(case.name, "folder name does not match case_NNNNN; rename it or move it out")
             continue
-        pair = CasePair(f"kits19/{case.name}", case / "imaging.nii.gz", case / "segmentation.nii.gz")
+        try:
+            pair = CasePair(
+                f"kits19/{case.name}", kits19_case_file(case, "imaging"), kits19_case_file(case, "segmentation")
+            )
+        except DatasetError as e:
+            report.add(case.name, str(e))
+            continue
         (labelled if number < KITS19_FIRST_TEST_CASE else unlabelled).append(pair)
     if labelled:
         check_pairs(labelled, report, expected_labels=KITS_CLASS_NAMES.keys())
@@ -355,12 +433,14 @@ def verify_amos22(amos_dir: str | os.PathLike, report: DatasetReport | None = No
         report.add(f"{base.name}/dataset.json", "missing; expected the dataset.json with 'labels' and 'training'")
     pairs = []
     for img in images:
+        if is_amos_mri(img):
+            continue  # MRI scans of the full AMOS22 release: not used by this CT bundle
         pair = listed.get(img.resolve())
-        label = pair.label if pair is not None and pair.label is not None else base / "labelsTr" / img.name
-        cid = img.name.replace("_0000.nii.gz", ".nii.gz").removesuffix(".nii.gz")
+        label = pair.label if pair is not None and pair.label is not None else amos22_label_file(base, img)
+        cid = img.name.split(".nii")[0].removesuffix("_0000")
         pairs.append(CasePair(f"{base.name}/{cid}", img, label))
     for path, pair in listed.items():
-        if not path.exists():
+        if not path.exists() and not is_amos_mri(path):
             report.add(pair.case, f"listed in dataset.json but {pair.image} does not exist")
     if pairs:
         check_pairs(pairs, report, expected_labels=(names or AMOS_CLASS_NAMES).keys())

@@ -173,19 +173,37 @@ def read_idx(path: str | os.PathLike, magic: int | None = None) -> np.ndarray:
     return arr.astype(dtype.newbyteorder("="))  # a writable copy in native byte order
 
 
+#: Where common copies of MNIST keep the four files, relative to ``--dataset_dir``: the folder itself, and
+#: torchvision's download folder (``MNIST/raw/``, or ``raw/`` when ``--dataset_dir`` is the ``MNIST`` folder).
+IDX_SUBFOLDERS: tuple[str, ...] = ("", "MNIST/raw", "raw")
+
+
+def idx_name_variants(name: str) -> tuple[str, ...]:
+    """The names one IDX file has in common copies: ``train-images-idx3-ubyte``, the same with ``.gz``, and the
+    dotted form of some re-distributions (``train-images.idx3-ubyte``), plain or ``.gz``."""
+    dotted = name.replace("-idx", ".idx", 1)
+    return (name, f"{name}.gz", dotted, f"{dotted}.gz")
+
+
 def find_idx(dataset_dir: str | os.PathLike, name: str) -> Path | None:
-    """``dataset_dir/name`` if it exists, else ``dataset_dir/name.gz`` if that exists, else None."""
+    """The file of IDX ``name`` under ``dataset_dir``: the first of :func:`idx_name_variants` found in the folder
+    itself, then in ``MNIST/raw/`` and ``raw/`` (:data:`IDX_SUBFOLDERS`); None when none exists."""
     d = Path(dataset_dir)
-    for p in (d / name, d / f"{name}.gz"):
-        if p.is_file():
-            return p
+    for sub in IDX_SUBFOLDERS:
+        for n in idx_name_variants(name):
+            p = d / sub / n
+            if p.is_file():
+                return p
     return None
 
 
 def _need(dataset_dir: str | os.PathLike, name: str) -> Path:
     p = find_idx(dataset_dir, name)
     if p is None:
-        raise DatasetError(f"{Path(dataset_dir) / name}: file not found (nor {name}.gz); {_FIX_FILES}")
+        raise DatasetError(
+            f"{Path(dataset_dir) / name}: file not found (nor {name}.gz, {idx_name_variants(name)[2]}, or any of them "
+            f"in MNIST/raw/ or raw/); {_FIX_FILES}"
+        )
     return p
 
 
@@ -241,7 +259,11 @@ def verify_dataset(dataset_dir: str | os.PathLike) -> DatasetReport:
         for name, magic in ((img_name, IMAGE_MAGIC), (lbl_name, LABEL_MAGIC)):
             p = find_idx(d, name)
             if p is None:
-                report.add(name, f"missing (neither {name} nor {name}.gz in {d})")
+                report.add(
+                    name,
+                    f"missing (neither {name} nor {name}.gz nor {idx_name_variants(name)[2]} in {d}, MNIST/raw/ or "
+                    "raw/)",
+                )
                 continue
             try:
                 arrays[name] = read_idx(p, magic)

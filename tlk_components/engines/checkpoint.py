@@ -44,7 +44,7 @@ from tlk_components.utils.errors import ConfigError
 from tlk_components.utils.io import atomic_torch_save, load_state_dict_checked, load_weights, move_aside
 from tlk_components.utils.runtime import run_fingerprint
 
-__all__ = ["AtomicCheckpointSaver", "ResumeFromLast", "unwrap_model"]
+__all__ = ["AtomicCheckpointSaver", "ResumeFromLast", "RunLock", "check_same_run", "unwrap_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +215,81 @@ def _differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[s
     return out
 
 
+class RunLock:
+    """One training run per checkpoint folder: an exclusive, non-blocking ``flock`` on ``<folder>/.lock``.
+
+    Taken on rank 0 only (the other ranks of a ``torchrun`` job belong to the same run) and held until
+    :meth:`release` or the end of the process (the operating system drops the lock of a killed process, so a crash
+    never leaves the folder locked). The file records the holder's pid for the message.
+
+    Args:
+        folder: the checkpoint folder (created).
+
+    Raises:
+        ConfigError: (in :meth:`acquire`) another process holds the lock.
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        """Take the lock (a no-op when already held, or off rank 0)."""
+        if self._file is not None or not _is_rank0():
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        lock_path = self.folder / ".lock"
+        f = open(lock_path, "a+")  # noqa: SIM115 - held open for the whole run
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise ConfigError(
+                f"{self.folder} is in use by another training run (lock {lock_path}, held by {holder}); two runs "
+                "in one checkpoint folder would overwrite each other's weights. Wait for it to finish, or pass "
+                "--ckpt_dir <another folder> to run both at once"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+        self._file = f
+
+    def release(self) -> None:
+        """Release the lock (a no-op when not held)."""
+        if self._file is not None:
+            try:
+                fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+            finally:
+                self._file.close()
+                self._file = None
+
+
+def check_same_run(path: str | os.PathLike, saved: Mapping[str, Any] | None, current: Mapping[str, Any] | None) -> None:
+    """Refuse to resume a checkpoint written by another training run.
+
+    Args:
+        path: the checkpoint (for the message).
+        saved: the run record stored in it (:func:`~tlk_components.utils.runtime.run_fingerprint`), or None.
+        current: this run's record, or None (run from Python code: nothing to compare).
+
+    Raises:
+        ConfigError: the records differ; names the settings that changed and the two ways out.
+    """
+    if saved is None or current is None or saved == current:
+        return
+    diffs = [f"--{d}" for d in _differences(saved.get("overrides", {}), current.get("overrides", {}))]
+    diffs += [f"config {d}" for d in _differences(saved.get("configs", {}), current.get("configs", {}))]
+    raise ConfigError(
+        f"{path} belongs to another training run ({'; '.join(diffs) or 'different settings'}); resuming it "
+        "would continue that run instead of this one. Pass --resume false to start this run over in the same "
+        "folder (the earlier model.pt is kept as model.pt.bak-<time>), or --ckpt_dir <another folder> to keep "
+        "both runs"
+    )
+
+
 class ResumeFromLast:
     """Load ``<ckpt_dir>/checkpoint_last.pt`` into ``load_dict`` and the trainer's epoch/iteration at start.
 
@@ -259,62 +334,22 @@ class ResumeFromLast:
         self.map_location = map_location
         self.run_info = dict(run_info) if run_info is not None else run_fingerprint()
         self.lock = bool(lock)
-        self._lock_file: IO[str] | None = None
+        self._lock = RunLock(self.ckpt_dir)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self)
 
     def acquire(self) -> None:
-        """Lock ``<ckpt_dir>/.lock`` (non-blocking; rank 0 only).
-
-        Raises:
-            ConfigError: another process holds the lock.
-        """
-        if not self.lock or self._lock_file is not None or not _is_rank0():
-            return
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        lock_path = self.ckpt_dir / ".lock"
-        f = open(lock_path, "a+")  # noqa: SIM115 - held open for the whole run
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            f.close()
-            raise ConfigError(
-                f"{self.ckpt_dir} is in use by another training run (lock {lock_path}, held by {holder}); two runs "
-                "in one checkpoint folder would overwrite each other's weights. Wait for it to finish, or pass "
-                "--ckpt_dir <another folder> to run both at once"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()}\n")
-        f.flush()
-        self._lock_file = f
+        """Lock ``<ckpt_dir>/.lock`` (see :class:`RunLock`)."""
+        if self.lock:
+            self._lock.acquire()
 
     def release(self, _engine: Engine | None = None) -> None:
         """Release the folder lock (also released when the process ends)."""
-        if self._lock_file is not None:
-            try:
-                fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
-            finally:
-                self._lock_file.close()
-                self._lock_file = None
+        self._lock.release()
 
     def _check_same_run(self, ckpt: Mapping[str, Any]) -> None:
-        saved = ckpt.get("run_info")
-        if saved is None or self.run_info is None:
-            return  # written before run records existed, or run from Python code: nothing to compare
-        if saved == self.run_info:
-            return
-        diffs = [f"--{d}" for d in _differences(saved.get("overrides", {}), self.run_info.get("overrides", {}))]
-        diffs += [f"config {d}" for d in _differences(saved.get("configs", {}), self.run_info.get("configs", {}))]
-        raise ConfigError(
-            f"{self.path} belongs to another training run ({'; '.join(diffs) or 'different settings'}); resuming it "
-            "would continue that run instead of this one. Pass --resume false to start this run over in the same "
-            "folder (the earlier model.pt is kept as model.pt.bak-<time>), or --ckpt_dir <another folder> to keep "
-            "both runs"
-        )
+        check_same_run(self.path, ckpt.get("run_info"), self.run_info)
 
     def __call__(self, engine: Engine) -> None:
         self.acquire()

@@ -48,12 +48,27 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from tlk_components.data.cotraining import TwoViewSamples, TwoViewSplits, read_pairs_csv
-from tlk_components.engines.checkpoint import AtomicCheckpointSaver, unwrap_model
+from tlk_components.engines.checkpoint import (
+    AtomicCheckpointSaver,
+    RunLock,
+    _schedule_settings,
+    check_same_run,
+    unwrap_model,
+)
+from tlk_components.engines.handlers import StopOnNonFiniteLoss
 from tlk_components.engines.pseudo_label import exchange_pseudo_labels
 from tlk_components.engines.reporting import save_bar_chart, save_figure, to_jsonable
 from tlk_components.networks.two_view import TwoViewClassifier, ensemble_probabilities, two_view_state_dict
 from tlk_components.utils.errors import ConfigError, DatasetError
-from tlk_components.utils.io import atomic_torch_save, atomic_write_json, atomic_write_text, load_weights
+from tlk_components.utils.io import (
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    load_state_dict_checked,
+    load_weights,
+    move_aside,
+)
+from tlk_components.utils.runtime import run_fingerprint
 from tlk_components.utils.validation import check_positive_int, check_probability, look_up_option
 
 __all__ = [
@@ -370,6 +385,17 @@ def plot_cotraining_log(history: Sequence[Mapping[str, Any]], path: str | os.Pat
     return save_figure(fig, path)
 
 
+#: Entries of a ``ReduceLROnPlateau`` state that record progress, not settings.
+_PLATEAU_PROGRESS = frozenset({"best", "num_bad_epochs", "cooldown_counter"})
+
+
+def _plateau_free(state: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A scheduler's settings without its progress (so two states compare equal when only progress differs)."""
+    if state is None:
+        return None
+    return {k: v for k, v in _schedule_settings(state).items() if k not in _PLATEAU_PROGRESS}
+
+
 class CoTrainer:
     """Two-view co-training as an engine a config instantiates with keyword arguments (module docstring).
 
@@ -404,7 +430,15 @@ class CoTrainer:
             ``model.pt`` (both, as the state dict of a ``TwoViewClassifier``), ``classes.json`` and
             ``checkpoint_last.pt``.
         output_dir: folder of the log (JSON/CSV), the PNG and TensorBoard event files.
-        resume: continue from ``checkpoint_last.pt`` when it exists (default True).
+        resume: continue from ``checkpoint_last.pt`` when it exists (default True) and was written by the same run
+            (same configs and overrides, apart from ``--epochs``, ``--learning_rate``, ``--device`` ...; see
+            :func:`~tlk_components.utils.runtime.run_fingerprint`). A checkpoint of another run is refused with the
+            fix; a new run (resume off, or nothing to resume) first renames an earlier run's ``model.pt`` /
+            ``model_view<v>.pt`` to ``<name>.bak-<time>``. Resuming with another learning rate or scheduler setting
+            keeps the optimizer state and starts the learning-rate schedule afresh from the config.
+        run_info: what identifies the run; default :func:`~tlk_components.utils.runtime.run_fingerprint` of the
+            command line (None when run from Python: no comparison).
+        lock: hold ``<ckpt_dir>/.lock`` while running, so a second run on the same folder is refused (default True).
         amp: mixed precision on CUDA (ignored on CPU).
         seed: seed of the training data order.
         progress: show ignite progress bars.
@@ -412,7 +446,10 @@ class CoTrainer:
 
     Raises:
         ConfigError: bad hyperparameters, ``k`` larger than the unlabelled pool, an empty validation split, a
-            ``dataset`` that is not the images of ``splits.samples``, or a labelled sample set that is empty.
+            ``dataset`` that is not the images of ``splits.samples``, or a labelled sample set that is empty; (in
+            :meth:`run`) the folder is locked by another run, or the checkpoint belongs to another run or does not
+            fit the networks.
+        NonFiniteLossError: (in :meth:`run`) a training loss became NaN/Inf; nothing of that epoch is saved.
     """
 
     def __init__(
@@ -439,6 +476,8 @@ class CoTrainer:
         patience: int = 5,
         iteration_patience: int = 0,
         resume: bool = True,
+        run_info: Mapping[str, Any] | None = None,
+        lock: bool = True,
         amp: bool = False,
         seed: int = 0,
         progress: bool = True,
@@ -477,6 +516,10 @@ class CoTrainer:
         self.iteration_patience = check_positive_int("iteration_patience", iteration_patience, minimum=0)
         self.ckpt_dir, self.output_dir = Path(ckpt_dir), Path(output_dir)
         self.resume = bool(resume)
+        self.run_info = dict(run_info) if run_info is not None else run_fingerprint()
+        self._lock = RunLock(self.ckpt_dir) if lock else None
+        # the learning rates the config asks for (resuming compares them with those of the run that was saved)
+        self._config_lrs = [[float(g["lr"]) for g in o.param_groups] for o in self.optimizers]
         self.amp = bool(amp) and self.device.type == "cuda"
         self.seed = int(seed)
         self.progress = bool(progress)
@@ -543,6 +586,7 @@ class CoTrainer:
             "pool": torch.as_tensor(self.pool, dtype=torch.long),
             "history": to_jsonable(self.history),
             "global_epoch": list(self._global_epoch),
+            "run_info": self.run_info,
         }
         for v in (0, 1):
             out[f"model{v}"] = unwrap_model(self.networks[v]).state_dict()
@@ -553,6 +597,7 @@ class CoTrainer:
             out[f"train_labels{v}"] = torch.as_tensor(self.train_labels[v], dtype=torch.long)
             out[f"train_pseudo{v}"] = torch.as_tensor(self.train_pseudo[v], dtype=torch.bool)
             out[f"best{v}"] = self.savers[v].best
+            out[f"config_lr{v}"] = list(self._config_lrs[v])
         return out
 
     def load_state_dict(self, ckpt: Mapping[str, Any]) -> None:
@@ -562,11 +607,31 @@ class CoTrainer:
                 f"{self.last_path}: written for {ckpt.get('n_samples')} samples in mode {ckpt.get('mode')!r}, this run "
                 f"has {len(self.samples)} in mode {self.mode!r}; delete it (or pass --resume false) to start over"
             )
+        check_same_run(self.last_path, ckpt.get("run_info"), self.run_info)
+        fix = f"Pass --resume false to start over (or delete {self.last_path})"
         for v in (0, 1):
-            unwrap_model(self.networks[v]).load_state_dict(ckpt[f"model{v}"])
-            self.optimizers[v].load_state_dict(ckpt[f"optimizer{v}"])
-            if self.lr_schedulers[v] is not None and f"lr_scheduler{v}" in ckpt:
-                self.lr_schedulers[v].load_state_dict(ckpt[f"lr_scheduler{v}"])
+            load_state_dict_checked(unwrap_model(self.networks[v]), ckpt[f"model{v}"], self.last_path, f"model{v}", fix)
+            opt, sched = self.optimizers[v], self.lr_schedulers[v]
+            config_lrs = self._config_lrs[v]
+            sched_config = None if sched is None else _schedule_settings(sched.state_dict())
+            load_state_dict_checked(opt, ckpt[f"optimizer{v}"], self.last_path, f"optimizer{v}", fix)
+            saved_sched = ckpt.get(f"lr_scheduler{v}")
+            lr_changed = list(ckpt.get(f"config_lr{v}", config_lrs)) != config_lrs
+            sched_changed = (
+                sched is not None
+                and saved_sched is not None
+                and _plateau_free(saved_sched) != _plateau_free(sched_config)
+            )
+            if lr_changed or sched_changed:
+                for g, lr in zip(opt.param_groups, config_lrs, strict=False):
+                    g["lr"] = lr
+                logger.warning(
+                    f"resume: the learning rate or scheduler settings of model {v} changed since {self.last_path} was "
+                    f"written; kept the optimizer state and restarted the learning-rate schedule from the config "
+                    f"(learning rate {config_lrs})"
+                )
+            elif sched is not None and saved_sched is not None:
+                load_state_dict_checked(sched, saved_sched, self.last_path, f"lr_scheduler{v}", fix)
             self.train_ids[v] = ckpt[f"train_ids{v}"].numpy()
             self.train_labels[v] = ckpt[f"train_labels{v}"].numpy()
             self.train_pseudo[v] = ckpt[f"train_pseudo{v}"].numpy()
@@ -648,6 +713,7 @@ class CoTrainer:
             amp=self.amp,
             decollate=False,
         )
+        StopOnNonFiniteLoss().attach(trainer)
         ValidationHandler(interval=1, validator=evaluator, epoch_level=True).attach(trainer)
         if sched is not None:
             metric = "val_accuracy" if getattr(sched, "mode", "min") == "max" else "val_loss"
@@ -726,6 +792,27 @@ class CoTrainer:
 
     def run(self) -> list[dict[str, Any]]:
         """Run (or resume) co-training; returns the per-iteration log (also written to ``output_dir``)."""
+        if self._lock is not None:
+            self._lock.acquire()
+        try:
+            return self._run()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+    def _keep_earlier_models(self) -> None:
+        """A new run: rename an earlier run's model files to ``<name>.bak-<time>`` before this run writes its own."""
+        if not _is_rank0():
+            return
+        for name in (MODEL_NAME, model_filename(0), model_filename(1)):
+            kept = move_aside(self.ckpt_dir / name)
+            if kept is not None:
+                logger.warning(
+                    f"{self.ckpt_dir / name} was written by an earlier run; kept it as {kept} (this run writes its own "
+                    f"{name}; pass --ckpt_dir <folder> to keep runs apart)"
+                )
+
+    def _run(self) -> list[dict[str, Any]]:
         self._initial_state()
         if self.resume and self.last_path.is_file():
             self.load_state_dict(load_weights(self.last_path))
@@ -734,6 +821,8 @@ class CoTrainer:
                 logger.info("co-training already finished; delete checkpoint_last.pt (or --resume false) to redo it")
                 self._write_model()  # a run trained before model.pt existed gets it from model_view0/1.pt
                 return self.history
+        else:
+            self._keep_earlier_models()
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if _is_rank0():

@@ -151,8 +151,8 @@ def case_name(path: str | os.PathLike) -> str:
 
 
 def input_datalist(input_dir: str | os.PathLike) -> list[dict[str, str]]:
-    """Images to predict in ``input_dir``: KiTS19 ``case_*/imaging.nii.gz``, ``imagesTs/`` (else ``imagesTr/``), or
-    the ``*.nii.gz`` files of the folder itself.
+    """Images to predict in ``input_dir``: KiTS19 ``case_*/imaging.nii[.gz]`` (also in ``data/``, as the KiTS19
+    repository keeps them), ``imagesTs/`` (else ``imagesTr/``), or the ``*.nii[.gz]`` files of the folder itself.
 
     Every image's header is checked (no voxels are read): a 2-D image, a single slice, a 4-D series with more
     than one channel or an implausible voxel spacing (see :func:`~tlk_components.data.nifti_checks.check_volume_header`)
@@ -164,7 +164,7 @@ def input_datalist(input_dir: str | os.PathLike) -> list[dict[str, str]]:
     base = Path(input_dir)
     if not base.is_dir():
         raise DatasetError(f"input_dir {base} does not exist; pass --input_dir with the CT volumes to segment")
-    found = sorted(base.glob("case_*/imaging.nii*"))
+    found = sorted(base.glob("case_*/imaging.nii*")) or sorted(base.glob("data/case_*/imaging.nii*"))  # KiTS19 clone
     for sub in ("imagesTs", "imagesTr"):
         if not found and (base / sub).is_dir():
             found = sorted(p for p in (base / sub).glob("*.nii*") if not p.name.startswith("."))

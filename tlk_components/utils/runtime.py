@@ -217,6 +217,7 @@ def check_overrides(argv: Sequence[str] | None = None) -> None:
 RESUMABLE_OVERRIDES = frozenset(
     {
         "epochs",
+        "iterations",
         "resume",
         "learning_rate",
         "device",

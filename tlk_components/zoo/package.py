@@ -73,6 +73,8 @@ EXCLUDED_DIRS = frozenset(
 #: File names never packaged (the resumable training state is not a release artefact).
 EXCLUDED_FILES = frozenset({"checkpoint_last.pt", ".DS_Store"})
 _EXCLUDED_SUFFIXES = (".pyc", ".tmp", ".part", ".swp")
+#: Marks an earlier run's model kept aside by a new training run (``model.pt.bak-<time>``): not part of a release.
+_BACKUP_MARK = ".bak-"
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _LEVEL = 6
 _ZIP64_AT = 1 << 30  # files above 1 GiB get zip64 headers (zipfile refuses to grow past 2 GiB without them)
@@ -94,7 +96,9 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def bundle_files(bundle_dir: str | os.PathLike) -> list[Path]:
     """The files a release of ``bundle_dir`` contains, as sorted paths relative to it.
 
-    Symbolic links are not followed or packaged (a release holds regular files only).
+    Symbolic links are not followed or packaged (a release holds regular files only); nor are run-time folders
+    (:data:`EXCLUDED_DIRS`), dotfiles (the training lock ``models/.lock``), the resumable checkpoint, temporary files
+    and earlier runs' models kept aside as ``<name>.bak-<time>``.
     """
     root = Path(bundle_dir)
     out: list[Path] = []
@@ -102,7 +106,13 @@ def bundle_files(bundle_dir: str | os.PathLike) -> list[Path]:
         dirnames[:] = sorted(d for d in dirnames if d not in EXCLUDED_DIRS and not d.startswith("."))
         for fn in filenames:
             p = Path(dirpath) / fn
-            if fn in EXCLUDED_FILES or fn.startswith(".") or fn.endswith(_EXCLUDED_SUFFIXES) or p.is_symlink():
+            if (
+                fn in EXCLUDED_FILES
+                or fn.startswith(".")
+                or fn.endswith(_EXCLUDED_SUFFIXES)
+                or _BACKUP_MARK in fn
+                or p.is_symlink()
+            ):
                 continue
             if p.is_file():
                 out.append(p.relative_to(root))

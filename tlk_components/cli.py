@@ -98,6 +98,7 @@ OPTIONAL_COMMANDS: dict[str, str] = {
     "convert_kits19": "tlk_components.data.convert:convert_kits19",
     "convert_amos22": "tlk_components.data.convert:convert_amos22",
     "plan": "tlk_components.data.plan:plan",
+    "evaluate_kidney": "tlk_components.engines.kidney_eval:evaluate_kidney",
 }
 
 

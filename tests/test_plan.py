@@ -41,9 +41,17 @@ def test_plan_on_demo_uses_source_foreground_and_never_target_labels(demo, tmp_p
     plans = load_plans(path)
     fp = plans["fingerprint"]
     assert fp["source"]["intensity_region"] == "foreground" and fp["target"]["intensity_region"] == "body"
-    # RAS spacing of the source (stored LPS, 3x3x4 mm times the tiny scale)
-    np.testing.assert_allclose(fp["source"]["spacing"]["median"], [8.1, 8.1, 10.8], rtol=1e-3)
-    np.testing.assert_allclose(fp["target"]["spacing"]["median"], [6.48, 6.48, 8.64], rtol=1e-3)
+    # median spacing in RAS axis order (the source is stored LPS, the target slices-first), per-case spacings
+    import nibabel as nib
+
+    def ras_zooms(pattern: str) -> list:
+        return np.median(
+            [nib.as_closest_canonical(nib.load(f)).header.get_zooms()[:3] for f in sorted(demo.glob(pattern))], 0
+        )
+
+    np.testing.assert_allclose(fp["source"]["spacing"]["median"], ras_zooms("amos22/imagesTr/*.nii.gz"), rtol=1e-3)
+    np.testing.assert_allclose(fp["target"]["spacing"]["median"], ras_zooms("kits19/case_*/imaging.nii.gz"), rtol=1e-3)
+    assert fp["source"]["body_label_shares"]["2"] > 0 and "body_label_shares" not in fp["target"]
     norm = plans["normalization"]
     assert norm["clip_low"] < norm["mean"] < norm["clip_high"] and norm["std"] > 0
     assert norm["clip_low"] == fp["source"]["intensity"]["percentile_00_5"]

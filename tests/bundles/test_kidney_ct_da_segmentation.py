@@ -17,7 +17,7 @@ from tests.bundle_utils import BUNDLES, run_bundle
 from tlk_components.data import kidney
 
 BUNDLE = "kidney_ct_da_segmentation"
-SMALL = {"target_spacing": [6.0, 6.0, 8.0], "patch_size": [32, 32, 24]}
+SMALL = {"patch_size": [16, 16, 16]}
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,7 @@ LOG_NAME = "logs/main_job.log"
 #: data size -> config overrides; "tiny" (4 + 4 small phantoms) is what the tests run.
 _SIZES: dict[str, dict[str, object]] = {
     "demo": {},
-    "tiny": {"target_spacing": [6.0, 6.0, 8.0], "patch_size": [32, 32, 24], "epoch_length": 2},
+    "tiny": {"patch_size": [16, 16, 16], "epoch_length": 2},
 }
 # MONAI's StatsHandler iteration line and the evaluation's tqdm frames
 _TRAIN_PROGRESS = re.compile(r"Epoch: (\d+)/(\d+), Iter: (\d+)/(\d+)")

@@ -32,6 +32,7 @@ from ignite.engine import Engine, Events
 from monai.config import KeysCollection
 from monai.transforms import Identityd, MapTransform
 
+from tlk_components.data.transforms import BODY_HU
 from tlk_components.utils.errors import ConfigError, DatasetError
 from tlk_components.utils.io import atomic_write_json
 from tlk_components.utils.validation import check_positive_int
@@ -46,8 +47,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-BODY_HU = -500.0
 
 
 def body_stats(datalist: Sequence[Mapping[str, str]], threshold: float = BODY_HU, stride: int = 7) -> dict[str, float]:

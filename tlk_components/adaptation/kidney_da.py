@@ -8,7 +8,9 @@
 * :func:`with_labels` — pair target images with the label files of a separate ``--labels_dir``.
 * :class:`TargetDiceEvaluation` — per-case and mean kidney(+tumour) Dice on target test cases for every model
   that exists (source-only ``pretrained.pt``, adapted ``model.pt``, oracle ``oracle.pt``), side by side, written to
-  ``metrics.json``, ``per_case_dice.csv`` and ``dice_per_case.png``.
+  ``metrics.json``, ``per_case_dice.csv`` and ``dice_per_case.png``. Dice is computed in each case's original
+  geometry: the sliding-window probabilities are brought back to the image file's orientation, spacing and shape
+  (MONAI ``Invertd`` of the preprocessing) and compared with the label file as stored.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
-from monai.data import DataLoader, Dataset
+from monai.data import DataLoader, Dataset, MetaTensor, decollate_batch
 from monai.metrics import compute_dice
+from monai.transforms import Activationsd, AsDiscreted, Compose, Invertd, LoadImage
 from tqdm import tqdm
 
 from tlk_components.data import kidney
 from tlk_components.data.nifti_checks import CasePair, check_pairs
+from tlk_components.data.plan import load_plans
 from tlk_components.engines.reporting import save_bar_chart
 from tlk_components.engines.seg_inference import case_name
 from tlk_components.utils.errors import ConfigError, DatasetError
@@ -42,6 +46,7 @@ __all__ = [
     "TargetDiceEvaluation",
     "kidney_prior",
     "prepare_domains",
+    "plan_kidney_prior",
     "scaled_prior",
     "with_labels",
 ]
@@ -126,6 +131,37 @@ def kidney_prior(
     return [1.0 - kid / tot, kid / tot]
 
 
+def plan_kidney_prior(
+    plans_file: str | os.PathLike, kidney_labels: Sequence[int] = kidney.AMOS_KIDNEY_CHANNELS
+) -> list[float]:
+    """``[background, kidney]``: the kidney share of the source's **body** voxels, from ``plans.json``.
+
+    Adaptation computes its size prior on random target patches drawn from volumes cropped to the body (air
+    dropped), so the prior is the expected kidney share of such a patch: kidney voxels / body voxels (image > -500
+    HU) over the labelled source, recorded by the plan's fingerprint (``body_label_shares``). Unlike the share of
+    whole volumes it does not change with the air around the patient; it still changes with the scan length (a
+    chest-abdomen-pelvis scan holds more non-kidney body than a kidney-centred one), which is why the bundle
+    reports Dice against prior error and offers ``prior_kidney_scale`` and ``prior_size_range``.
+
+    Args:
+        plans_file: a plans.json written by :func:`tlk_components.data.plan.plan`.
+        kidney_labels: source label values that are kidney (AMOS22: 2 and 3).
+
+    Raises:
+        ConfigError: the plan has no ``body_label_shares`` (written by an older version: delete it to re-plan).
+        DatasetError: no kidney voxel in the source.
+    """
+    shares = load_plans(plans_file)["fingerprint"]["source"].get("body_label_shares")
+    if shares is None:
+        raise ConfigError(f"{plans_file}: no body_label_shares in the source fingerprint; delete it to re-plan")
+    k = sum(float(shares.get(str(v), 0.0)) for v in kidney_labels)
+    if k <= 0:
+        raise DatasetError(
+            f"{plans_file}: the source labels hold no kidney voxel (labels {list(kidney_labels)}); check --source_dir"
+        )
+    return [1.0 - k, k]
+
+
 def scaled_prior(prior: Sequence[float], kidney_scale: float = 1.0) -> list[float]:
     """Multiply the foreground share of ``[background, kidney]`` by ``kidney_scale`` (> 0) and renormalise."""
     s = check_in_range("kidney_scale", kidney_scale, 0.0, low_inclusive=False)
@@ -185,8 +221,11 @@ class TargetDiceEvaluation:
     Args:
         network: the segmentation network (weights are loaded into it in turn).
         checkpoints: display name -> ``state_dict`` path; missing files are skipped (at least one must exist).
-        datalist: target test items with ``"image"`` and ``"label"``.
-        transforms: preprocessing (the training one of the target, with the tumour→kidney label map).
+        datalist: target test items with ``"image"`` and ``"label"`` (KiTS19: 1 kidney, 2 tumour; kidney Dice counts
+            both, i.e. label > 0).
+        transforms: the invertible image preprocessing (reorientation, resampling, body crop, normalisation) that
+            keeps MONAI metadata (no ``EnsureTyped(track_meta=False)``); only ``"image"`` is passed through it, the
+            label is read from its file as stored.
         inferer: e.g. ``seg_inference.GaussianSlidingWindowInferer(roi_size, overlap=0.5, mirror_axes=...)`` (the
             CT bundles' shared inferer; mirroring test-time augmentation is its ``mirror_axes``).
         device: torch device.
@@ -224,21 +263,54 @@ class TargetDiceEvaluation:
         self.model_transforms = dict(model_transforms or {})
 
     def _predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inferer(x, self.network).argmax(1, keepdim=True)
+        return self.inferer(x, self.network)
 
     def evaluate(self, path: str | os.PathLike, transforms: Any = None) -> list[float]:
-        """Per-case kidney Dice of the weights at ``path`` (same order as the datalist)."""
+        """Per-case kidney Dice of the weights at ``path`` in the original geometry (same order as the datalist).
+
+        Raises:
+            ConfigError: the transforms drop the metadata needed to invert them.
+            DatasetError: a label file does not lie on its image's voxel grid.
+        """
         self.network.load_state_dict(load_weights(path, map_location=self.device))
         self.network.eval()
         tf = transforms if transforms is not None else self.transforms
-        loader = DataLoader(Dataset(self.datalist, tf), batch_size=1, num_workers=0)
+        invert = Compose(
+            [
+                Activationsd("pred", softmax=True),
+                Invertd("pred", transform=tf, orig_keys="image", nearest_interp=False, to_tensor=True),
+                AsDiscreted("pred", argmax=True),
+            ]
+        )
+        images = [{"image": d["image"]} for d in self.datalist]
+        loader = DataLoader(Dataset(images, tf), batch_size=1, num_workers=0)
+        load_label = LoadImage(image_only=True, ensure_channel_first=True)
         scores = []
         with torch.no_grad():
-            for batch in tqdm(loader, desc=f"evaluate {Path(path).name}", leave=False):
-                x = batch["image"].to(self.device)
-                y = batch["label"].to(self.device)
-                pred = self._predict(x)
-                d = compute_dice((pred == 1).float(), (y > 0).float(), include_background=True, ignore_empty=False)
+            for item, batch in zip(
+                self.datalist, tqdm(loader, desc=f"evaluate {Path(path).name}", leave=False), strict=True
+            ):
+                if not isinstance(batch["image"], MetaTensor):
+                    raise ConfigError(
+                        "TargetDiceEvaluation: the evaluation transforms drop MONAI metadata (EnsureTyped with "
+                        "track_meta=False?), so predictions cannot be brought back to the original geometry; pass "
+                        "the image preprocessing that keeps it"
+                    )
+                batch["pred"] = self._predict(batch["image"].to(self.device)).cpu()
+                out = invert(decollate_batch(batch, detach=True)[0])
+                pred = out["pred"]
+                label = load_label(item["label"])
+                if tuple(pred.shape[1:]) != tuple(label.shape[1:]):
+                    raise DatasetError(
+                        f"{item['label']}: label shape {tuple(label.shape[1:])} differs from its image's "
+                        f"{tuple(pred.shape[1:])}; the label must lie on its image's voxel grid"
+                    )
+                d = compute_dice(
+                    (torch.as_tensor(pred) == 1).float()[None],
+                    (torch.as_tensor(label) > 0).float()[None],
+                    include_background=True,
+                    ignore_empty=False,
+                )
                 scores.append(float(d.item()))
         return scores
 

@@ -8,19 +8,22 @@ Layouts (as the public datasets ship them):
 * KiTS19 (target): ``case_NNNNN/imaging.nii.gz`` and ``case_NNNNN/segmentation.nii.gz`` (0 background,
   1 kidney, 2 tumour). Arrays are stored slices-first (axis codes "IPL"), as in the real release; cases
   from 210 on are KiTS19's unlabelled test set.
+* the demo folder (``--dataset_dir``) holds both: ``amos22/`` and ``kits19/``.
+* converted (:mod:`tlk_components.data.convert`): MSD-style ``imagesTr/``, ``labelsTr/``, ``dataset.json``.
 
 Common variants of the real downloads are read as they are: uncompressed ``.nii`` files (``imaging.nii``,
 ``amos_0001.nii``; a file may exist in only one of the two forms), the official KiTS19 repository clone whose cases
 sit in ``kits19/data/case_NNNNN/`` (``data/`` is entered automatically), and the full AMOS22 release, whose
 ``dataset.json`` also lists MRI scans (case ids 0501-0600): this bundle is CT-only, so they are left out, and the
 log says how many.
-* the demo folder (``--dataset_dir``) holds both: ``amos22/`` and ``kits19/``.
-* converted (:mod:`tlk_components.data.convert`): MSD-style ``imagesTr/``, ``labelsTr/``, ``dataset.json``.
 
-The demo's domain shift (``SOURCE_STYLE`` -> ``TARGET_STYLE``) follows the calibrated "V3" target of
-``../shared/reference/domain_adaptation.md`` section 9: arterial instead of portal-venous contrast (kidney
-cortex/medulla differentiation, bright aorta), less noise, finer and differently blurred voxels, a x1.2 / +40 HU
-scanner shift, a different on-disk axis order, and kidney tumours the source never shows.
+The demo data (:func:`write_demo`) are adult, real-geometry phantoms (:mod:`tlk_components.data.adult_phantoms`)
+whose two domains differ as the real ones do: AMOS22-like source scans mostly in the portal-venous phase over the
+abdomen (some abdomen-pelvis and chest-abdomen-pelvis ranges), from many scanners, without tumours, stored LPS;
+KiTS19-like target scans mostly late-arterial (bright cortex, dark medulla) over a kidney-centred range, with one or
+two tumours from 1.5 cm to kidney-replacing, stored slices-first. Field of view, scan length, patient size, spacing,
+contrast timing and noise vary per case within each domain, so the kidney share of a scan differs between domains
+through the field of view, as on the real datasets.
 """
 
 from __future__ import annotations
@@ -30,12 +33,22 @@ import os
 import re
 from pathlib import Path
 
+from tlk_components.data.adult_phantoms import (
+    AMOS_PROFILE,
+    KITS_PROFILE,
+    AdultPhantom,
+    CaseGeometry,
+    DomainProfile,
+    draw_case_geometry,
+    generate_adult_phantom,
+    write_case,
+)
 from tlk_components.data.btcv import label_names, msd_pairs, read_dataset_json
-from tlk_components.data.nifti_checks import CasePair, check_folder_not_empty, check_pairs, save_nifti
-from tlk_components.data.phantoms import AMOS_LABELS, KITS_LABELS, PhantomStyle, generate_phantom
-from tlk_components.utils.errors import DatasetError
+from tlk_components.data.nifti_checks import CasePair, check_folder_not_empty, check_pairs
+from tlk_components.data.phantoms import AMOS_LABELS, KITS_LABELS
+from tlk_components.utils.errors import ConfigError, DatasetError
 from tlk_components.utils.io import atomic_write_json
-from tlk_components.utils.validation import look_up_option
+from tlk_components.utils.validation import check_in_range, look_up_option
 from tlk_components.zoo.datasets import DatasetReport
 
 logger = logging.getLogger(__name__)
@@ -46,16 +59,18 @@ __all__ = [
     "AMOS_KIDNEY_CHANNELS",
     "KITS19_FIRST_TEST_CASE",
     "SIZES",
-    "SOURCE_STYLE",
-    "TARGET_STYLE",
+    "SOURCE_PROFILE",
+    "TARGET_PROFILE",
     "amos22_datalist",
     "amos22_label_file",
+    "demo_spacing",
     "detect_layout",
     "is_amos_mri",
     "kits19_case_file",
     "kits19_datalist",
     "kits19_root",
     "source_dir",
+    "split_cases",
     "target_dir",
     "verify_amos22",
     "verify_dataset",
@@ -92,67 +107,54 @@ KITS19_FIRST_TEST_CASE = 210
 AMOS_FIRST_MRI_CASE = 501
 KITS_CLASS_NAMES: dict[int, str] = {0: "background", 1: "kidney", 2: "tumor"}
 
-#: Source (AMOS-like): portal-venous phase, homogeneous bright kidneys, no tumours, thick slices.
-SOURCE_STYLE = PhantomStyle(
-    hu={"soft": 40.0, "muscle": 50.0, "liver": 60.0, "spleen": 50.0, "kidney": 150.0, "kidney_medulla": 150.0},
-    noise_std=20.0,
-    blur_sigma_mm=(0.0, 0.0, 4.0),
-    spacing=(3.0, 3.0, 4.0),
-    axcodes="LPS",
-    perirenal_fat=1.45,
-    tumours=(0, 0),
-)
+#: Source (AMOS22-like): portal-venous phase mostly, abdomen / abdomen-pelvis / chest-abdomen-pelvis ranges, many
+#: scanners (noise 8-30 HU), no tumours, stored LPS (see :mod:`tlk_components.data.adult_phantoms`).
+SOURCE_PROFILE: DomainProfile = AMOS_PROFILE
+#: Target (KiTS19-like): late-arterial phase mostly, kidney-centred ranges mostly, one or two tumours per case from
+#: 1.5 cm to kidney-replacing, stored slices-first (IPL).
+TARGET_PROFILE: DomainProfile = KITS_PROFILE
 
-#: Target (KiTS-like, section 9 "V3"): arterial phase (cortex 130 / medulla 40, aorta 300), tumours at 35 HU,
-#: noise 15, finer voxels, x1.2 + 40 HU, slices-first storage. ``medulla_scale`` (size of the dark medulla) and
-#: ``perirenal_fat`` tune the gap: in a calibration with a small BatchNorm U-Net on whole volumes, source-only kept
-#: 0.70 / 0.64 / 0.55 target Dice with medulla 0.62 / 0.72 / 0.8 (oracle 0.88 at 0.62), and 0.35 / 0.12 with the
-#: fat capsule shrunk to 1.3 / 1.2 (medulla 0.72).
-TARGET_STYLE = PhantomStyle(
-    hu={
-        "soft": 55.0,
-        "muscle": 65.0,
-        "liver": 75.0,
-        "spleen": 80.0,
-        "kidney": 130.0,
-        "kidney_medulla": 40.0,
-        "tumour": 35.0,
-        "aorta": 300.0,
-        "ivc": 90.0,
-        "portal_vein": 120.0,
-        "pancreas": 90.0,
-    },
-    noise_std=15.0,
-    blur_sigma_mm=(1.4, 1.4, 1.0),
-    spacing=(2.4, 2.4, 3.2),
-    intensity_scale=1.2,
-    intensity_offset=40.0,
-    axcodes="IPL",
-    perirenal_fat=1.45,
-    tumours=(1, 2),
-    tumour_radius_mm=(8.0, 18.0),
-    medulla_scale=0.62,
-)
+#: size -> (AMOS cases, KiTS labelled cases). ``demo``: the real geometry (adult anatomy, per-case field of view,
+#: scan length and contrast) at a coarse per-case spacing (:func:`demo_spacing`, ~85 voxels in-plane); ``tiny``:
+#: the same at twice that spacing, for tests; ``real``: 512 x 512 in-plane at the drawn real spacing (0.6-0.98 mm,
+#: 0.5-5 mm slices), for scale tests and rehearsals with real-size data (~0.1-0.3 GB per case in memory).
+SIZES: dict[str, tuple[int, int]] = {"demo": (24, 30), "tiny": (4, 4), "real": (20, 20)}
 
-#: size -> (AMOS cases, KiTS labelled cases, spacing scale). Demo: 24 + 30 cases, ~64x64x40 after resampling.
-SIZES: dict[str, tuple[int, int, float]] = {"demo": (24, 30, 1.0), "tiny": (4, 4, 2.7)}
+
+def demo_spacing(geometry: CaseGeometry, size: str) -> tuple[float, float, float] | None:
+    """The voxel spacing (x, y, z) mm of a case at ``size``: None (the drawn real spacing) for ``real``.
+
+    ``demo``: 6x the real in-plane spacing (3.6-5.9 mm, so ~85 voxels across every field of view) and the real
+    slice spacing clamped to [4, 6] mm; ``tiny``: twice the demo spacing. The spacing varies per case as the real
+    one does, so resampling to the plan's spacing is exercised as on real data.
+    """
+    size = look_up_option("size", size, SIZES)
+    if size == "real":
+        return None
+    sx, sy, sz = geometry.spacing
+    f = 6.0 if size == "demo" else 12.0
+    zs = min(6.0, max(4.0, sz)) * (1.0 if size == "demo" else 2.0)
+    return (round(sx * f, 3), round(sy * f, 3), round(zs, 3))
+
+
+def _phantom(profile: DomainProfile, seed: int, case_index: int, size: str) -> AdultPhantom:
+    geo = draw_case_geometry(profile, seed, case_index)
+    return generate_adult_phantom(profile, seed, case_index, size=size, spacing=demo_spacing(geo, size))
 
 
 def write_amos22(
     out_dir: str | os.PathLike,
     n_cases: int,
-    style: PhantomStyle = SOURCE_STYLE,
+    profile: DomainProfile = SOURCE_PROFILE,
     seed: int = 0,
-    spacing_scale: float = 1.0,
+    size: str = "demo",
 ) -> Path:
     """Write ``n_cases`` source phantoms in the AMOS22 layout (``imagesTr``, ``labelsTr``, ``dataset.json``)."""
     out = Path(out_dir)
     training = []
     for i in range(n_cases):
-        ph = generate_phantom(style, seed=seed, case_index=i, spacing_scale=spacing_scale)
         name = f"amos_{i + 1:04d}.nii.gz"
-        save_nifti(ph.image_nifti(), out / "imagesTr" / name)
-        save_nifti(ph.label_nifti(AMOS_LABELS), out / "labelsTr" / name)
+        write_case(out / "imagesTr" / name, out / "labelsTr" / name, _phantom(profile, seed, i, size), AMOS_LABELS)
         training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
     atomic_write_json(
         out / "dataset.json",
@@ -175,18 +177,15 @@ def write_amos22(
 def write_kits19(
     out_dir: str | os.PathLike,
     n_cases: int,
-    style: PhantomStyle = TARGET_STYLE,
+    profile: DomainProfile = TARGET_PROFILE,
     seed: int = 0,
-    spacing_scale: float = 1.0,
+    size: str = "demo",
 ) -> Path:
     """Write ``n_cases`` target phantoms in the KiTS19 layout (``case_NNNNN/imaging.nii.gz`` + segmentation)."""
     out = Path(out_dir)
     for i in range(n_cases):
-        # a different stream from the source: the same case index never shares anatomy across domains
-        ph = generate_phantom(style, seed=seed + 100_003, case_index=i, spacing_scale=spacing_scale)
         case = out / f"case_{i:05d}"
-        save_nifti(ph.image_nifti(), case / "imaging.nii.gz")
-        save_nifti(ph.label_nifti(KITS_LABELS), case / "segmentation.nii.gz")
+        write_case(case / "imaging.nii.gz", case / "segmentation.nii.gz", _phantom(profile, seed, i, size), KITS_LABELS)
     return out
 
 
@@ -195,17 +194,18 @@ def write_demo(out_dir: str | os.PathLike, size: str = "demo", seed: int = 0) ->
 
     Args:
         out_dir: output folder (created).
-        size: ``"demo"`` (24 AMOS + 30 KiTS cases; 64x64x40 source and 80x80x50 target voxels) or ``"tiny"``
-            (4 + 4 cases, ~24 voxels a side) for tests.
-        seed: generator seed (>= 0).
+        size: ``"demo"`` (24 AMOS + 30 KiTS cases at ~4.5 mm, ~85 voxels in-plane, 30-130 slices), ``"tiny"``
+            (4 + 4 cases at twice that spacing) for tests, or ``"real"`` (20 + 20 cases, 512 x 512 in-plane at the
+            real spacing; minutes to write, ~2-4 GB on disk). See :data:`SIZES`.
+        seed: generator seed (>= 0); a different seed gives other patients and scans (a fresh data seed).
 
     Returns:
         ``out_dir`` as a Path.
     """
-    n_src, n_tgt, scale = SIZES[look_up_option("size", size, SIZES)]
+    n_src, n_tgt = SIZES[look_up_option("size", size, SIZES)]
     out = Path(out_dir)
-    write_amos22(out / "amos22", n_src, SOURCE_STYLE, seed, scale)
-    write_kits19(out / "kits19", n_tgt, TARGET_STYLE, seed, scale)
+    write_amos22(out / "amos22", n_src, SOURCE_PROFILE, seed, size)
+    write_kits19(out / "kits19", n_tgt, TARGET_PROFILE, seed, size)
     return out
 
 
@@ -283,12 +283,38 @@ def is_amos_mri(path: str | os.PathLike) -> bool:
     return bool(m) and int(m.group(1)) >= AMOS_FIRST_MRI_CASE
 
 
-def _split(items: list, split: str, test_fraction: float) -> list:
-    split = look_up_option("split", split, ("train", "test", "all"))
+#: The splits of a datalist (see :func:`split_cases`).
+SPLITS: tuple[str, ...] = ("train", "dev", "test", "all")
+
+
+def split_cases(items: list, split: str, test_fraction: float = 1 / 3, dev_fraction: float = 0.0) -> list:
+    """One split of a case list sorted by case id, by position (deterministic, no shuffling).
+
+    ``test``: the last ``round(n * test_fraction)`` cases (at least one); ``dev``: the ``round(n * dev_fraction)``
+    cases before them (at least one when ``dev_fraction > 0``), whose labels serve only to choose settings (the
+    oracle's model selection, the benchmark's sweeps); ``train``: the rest (adaptation images, oracle training);
+    ``all``: every case. ``train`` with ``dev_fraction=0`` is everything before ``test``.
+
+    Raises:
+        ConfigError: unknown split, or fractions outside [0, 1) that leave no training case.
+    """
+    split = look_up_option("split", split, SPLITS)
+    test_fraction = check_in_range("test_fraction", test_fraction, 0.0, 1.0, low_inclusive=False)
+    dev_fraction = check_in_range("dev_fraction", dev_fraction, 0.0, 1.0)
     if split == "all" or not items:
-        return items
-    n_test = max(1, round(len(items) * test_fraction))
-    return items[:-n_test] if split == "train" else items[-n_test:]
+        return list(items)
+    n = len(items)
+    n_test = max(1, round(n * test_fraction))
+    n_dev = max(1, round(n * dev_fraction)) if dev_fraction > 0 else 0
+    if n_dev and n_test + n_dev >= n and split != "test":
+        raise ConfigError(
+            f"test_fraction={test_fraction} and dev_fraction={dev_fraction} leave no training case of {n}; lower them"
+        )
+    if split == "test":
+        return items[n - n_test :]
+    if split == "dev":
+        return items[n - n_test - n_dev : n - n_test]
+    return items[: n - n_test - n_dev]
 
 
 def amos22_datalist(
@@ -314,11 +340,15 @@ def amos22_datalist(
         )
         pairs = [p for p in pairs if not is_amos_mri(p.image)]
     items = [{"image": str(p.image), **({"label": str(p.label)} if labels and p.label else {})} for p in pairs]
-    return _split(items, split, test_fraction)
+    return split_cases(items, split, test_fraction)
 
 
 def kits19_datalist(
-    kits_dir: str | os.PathLike, split: str = "all", test_fraction: float = 1 / 3, labels: bool = True
+    kits_dir: str | os.PathLike,
+    split: str = "all",
+    test_fraction: float = 1 / 3,
+    labels: bool = True,
+    dev_fraction: float = 0.0,
 ) -> list[dict[str, str]]:
     """Datalist of a KiTS19 folder: labelled cases (``case_NNNNN`` < 210 with a segmentation).
 
@@ -326,10 +356,12 @@ def kits19_datalist(
 
     Args:
         kits_dir: the KiTS19 folder (or a demo folder holding ``kits19/``).
-        split: ``"train"`` (first cases, for adaptation and the oracle), ``"test"`` (last ``test_fraction``, at
-            least one; for evaluation) or ``"all"``.
+        split: ``"train"`` (first cases, for adaptation and the oracle), ``"dev"`` (the cases before ``test``, for
+            choosing settings and the oracle's model selection), ``"test"`` (last ``test_fraction``, at least one;
+            for evaluation only) or ``"all"`` (see :func:`split_cases`).
         test_fraction: share of cases held out for ``"test"``, in (0, 1). Default 1/3.
         labels: include ``"label"`` paths.
+        dev_fraction: share of cases in ``"dev"``, in [0, 1). Default 0 (no dev split).
 
     Raises:
         DatasetError: the folder holds no ``case_*`` folders.
@@ -346,7 +378,7 @@ def kits19_datalist(
         if labels:
             item["label"] = str(kits19_case_file(case, "segmentation"))
         items.append(item)
-    return _split(items, split, test_fraction)
+    return split_cases(items, split, test_fraction, dev_fraction)
 
 
 def _kits_case_number(name: str) -> int:

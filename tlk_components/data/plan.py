@@ -31,13 +31,13 @@ import nibabel as nib
 import numpy as np
 
 from tlk_components.data.nifti_checks import load_nifti
+from tlk_components.data.transforms import BODY_HU
 from tlk_components.utils.errors import ConfigError, DatasetError
 from tlk_components.utils.io import atomic_write_json
 from tlk_components.utils.validation import check_positive_int
 
 __all__ = ["ensure_plans", "fingerprint_domain", "intensity_stats", "load_plans", "make_plan", "plan"]
 
-_BODY_HU = -500.0
 
 
 def intensity_stats(values: np.ndarray) -> dict[str, float]:
@@ -71,7 +71,9 @@ def fingerprint_domain(datalist: Sequence[dict[str, str]], use_labels: bool = Tr
 
     Returns:
         ``{"n_cases", "spacing": {"median", "p10", "min", "max"}, "shape": {"median"}, "intensity": {...},
-        "intensity_region": "foreground" | "body"}``; spacings and shapes are in RAS axis order (x, y, z).
+        "intensity_region": "foreground" | "body"}``; spacings and shapes are in RAS axis order (x, y, z). With
+        labels also ``"body_label_shares"``: label value (as text) -> its share of the body voxels (image > -500
+        HU) over all cases, the class-size prior of random patches drawn from body-cropped volumes.
 
     Raises:
         DatasetError: empty datalist, unreadable files, or a label missing when ``use_labels``.
@@ -80,6 +82,8 @@ def fingerprint_domain(datalist: Sequence[dict[str, str]], use_labels: bool = Tr
     if not datalist:
         raise DatasetError("fingerprint: the datalist is empty; expected at least one case")
     spacings, shapes, samples = [], [], []
+    label_voxels: dict[int, int] = {}
+    body_voxels = 0
     for item in datalist:
         try:
             img, data = load_nifti(item["image"])
@@ -96,8 +100,14 @@ def fingerprint_domain(datalist: Sequence[dict[str, str]], use_labels: bool = Tr
             except ValueError as e:
                 raise DatasetError(f"fingerprint: {e}") from None
             mask = lbl > 0
+            body = data > BODY_HU
+            counts = np.bincount(np.asarray(lbl[body], dtype=np.int64).ravel())
+            for value, n in enumerate(counts):
+                if n:
+                    label_voxels[value] = label_voxels.get(value, 0) + int(n)
+            body_voxels += int(body.sum())
         else:
-            mask = data > _BODY_HU
+            mask = data > BODY_HU
         samples.append(np.asarray(data, dtype=np.float32)[mask][::stride])
     sp = np.stack(spacings)
     return {
@@ -111,6 +121,11 @@ def fingerprint_domain(datalist: Sequence[dict[str, str]], use_labels: bool = Tr
         "shape": {"median": np.median(np.stack(shapes), axis=0).tolist()},
         "intensity": intensity_stats(np.concatenate(samples)),
         "intensity_region": "foreground" if use_labels else "body",
+        **(
+            {"body_label_shares": {str(v): n / max(body_voxels, 1) for v, n in sorted(label_voxels.items())}}
+            if use_labels
+            else {}
+        ),
     }
 
 
@@ -239,6 +254,7 @@ def plan(
     target_spacing: Sequence[float] | None = None,
     divisor: int = 16,
     max_patch_voxels: int = 96 * 96 * 64,
+    memory_voxels: int = 2 * 96 * 96 * 64,
 ) -> str:
     """Fingerprint the dataset and write ``plans.json`` (atomically).
 
@@ -253,6 +269,8 @@ def plan(
         target_spacing: (x, y, z) mm, e.g. ``[1.62, 1.62, 3.22]``; default: the rule of :func:`make_plan`.
         divisor: patch axes are multiples of it. Default 16.
         max_patch_voxels: patch voxel budget. Default 96*96*64.
+        memory_voxels: voxels of one training batch (batch size x patch voxels) that fit in memory and time.
+            Default 2*96*96*64.
 
     Returns:
         the path written.
@@ -263,7 +281,14 @@ def plan(
     source_list, target_list = _domain_lists(base, source_dir, target_dir)
     source_fp = fingerprint_domain(source_list, use_labels=True)
     target_fp = fingerprint_domain(target_list, use_labels=False) if target_list else None
-    plans = make_plan(source_fp, target_fp, target_spacing, divisor=divisor, max_patch_voxels=max_patch_voxels)
+    plans = make_plan(
+        source_fp,
+        target_fp,
+        target_spacing,
+        divisor=divisor,
+        max_patch_voxels=max_patch_voxels,
+        memory_voxels=memory_voxels,
+    )
     path = Path(out) if out else base / "plans.json"
     atomic_write_json(path, plans)
     return str(path)

@@ -26,7 +26,20 @@ from monai.transforms import MapTransform
 from tlk_components.utils.errors import ConfigError
 from tlk_components.utils.validation import check_positive_int
 
-__all__ = ["CTNormalized", "KidneyFromAmosd", "load_normalization"]
+__all__ = ["BODY_HU", "CTNormalized", "KidneyFromAmosd", "load_normalization", "select_body"]
+
+#: CT voxels above this value (HU) are the body (fat, soft tissue, bone, contrast); air and lung lie below.
+BODY_HU = -500.0
+
+
+def select_body(x: torch.Tensor | np.ndarray, threshold_hu: float = BODY_HU) -> torch.Tensor | np.ndarray:
+    """The body mask of a CT image in Hounsfield units: ``x > threshold_hu`` (default :data:`BODY_HU`).
+
+    For ``CropForegroundd(select_fn=...)``: cropping each resampled volume to the body's bounding box keeps the
+    patients' anatomy and drops the air around them (on real scans a third of the field of view or more), so cached
+    volumes are smaller and random patches land in the body.
+    """
+    return x > threshold_hu
 
 
 def load_normalization(plans_file: str | os.PathLike) -> dict[str, float]:

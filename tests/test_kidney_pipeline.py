@@ -1,0 +1,154 @@
+# Copyright (c) TLK Model Zoo contributors. Licensed under the Apache License, Version 2.0.
+"""The kidney bundle's patch-based pipeline, read from its configs: plan-driven patches with foreground
+oversampling, body-cropped volumes, the size prior of what the adapter sees, and the honest target split (the
+adapter and the oracle's model selection never see a test case)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from tests.bundle_utils import BUNDLES
+from tlk_components.data import kidney, plan
+
+CONFIGS = BUNDLES / "kidney_ct_da_segmentation" / "configs"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("kidney_pipeline")
+    data = kidney.write_demo(root / "data", size="tiny", seed=0)
+    plan.plan(str(data), out=str(root / "plans.json"), max_patch_voxels=16**3, memory_voxels=4 * 16**3)
+    from tlk_components.adaptation.intensity import ensure_alignment
+
+    ensure_alignment(
+        root / "intensity_alignment.json",
+        kidney.amos22_datalist(kidney.source_dir(data), split="train"),
+        kidney.kits19_datalist(kidney.target_dir(data), split="train", labels=False),
+    )
+    return root
+
+
+def _parser(demo: Path, *extra: str) -> ConfigParser:
+    p = ConfigParser()
+    p.read_config([str(CONFIGS / "train.json"), *(str(CONFIGS / e) for e in extra)])
+    p["dataset_dir"] = str(demo / "data")
+    p["demo_dir"] = str(demo / "data")
+    p["ckpt_dir"] = str(demo)
+    p["plans_file"] = str(demo / "plans.json")
+    p["output_dir"] = str(demo / "eval")
+    p["num_workers"] = 0
+    return p
+
+
+def test_patch_size_and_batch_come_from_the_plan(demo: Path) -> None:
+    p = _parser(demo)
+    plans = plan.load_plans(demo / "plans.json")
+    assert p.get_parsed_content("patch_size") == plans["patch_size"] == [16, 16, 16]
+    assert p.get_parsed_content("batch_size") == plans["batch_size"] >= 2
+
+
+def test_source_patches_oversample_the_kidney(demo: Path) -> None:
+    """RandCropByPosNegLabeld with pos 1/3: at least a third of the patches hold kidney (the rest are random body
+    patches, which hold kidney only by chance), every patch has the plan's size, and the cached volume is the
+    body-cropped whole scan (larger than a patch), not one centre crop."""
+    from monai.utils import set_determinism
+
+    set_determinism(seed=0)
+    p = _parser(demo, "pretrain.json")
+    ds = p.get_parsed_content("train#dataset")
+    holds_kidney = []
+    for _ in range(30):
+        for i in range(len(ds)):
+            (patch,) = ds[i]
+            assert tuple(patch["image"].shape) == (1, 16, 16, 16) and tuple(patch["label"].shape) == (1, 16, 16, 16)
+            holds_kidney.append(bool((patch["label"] > 0).any()))
+    share = float(np.mean(holds_kidney))
+    assert share >= 1 / 3, share
+    cached = ds._cache[0]
+    assert all(s > 16 for s in cached["image"].shape[1:])  # whole body-cropped volume, sampled by patches
+    # the body crop dropped the air around the patient: the cached volume is smaller than the resampled scan
+    raw = kidney.amos22_datalist(kidney.source_dir(demo / "data"), split="train")[0]
+    import nibabel as nib
+
+    img = nib.as_closest_canonical(nib.load(raw["image"]))
+    target = p.get_parsed_content("target_spacing")
+    resampled = np.asarray(img.shape) * np.asarray(img.header.get_zooms()[:3]) / np.asarray(target)
+    assert all(c <= r + 1 for c, r in zip(cached["image"].shape[1:], resampled, strict=True))
+    assert np.prod(cached["image"].shape[1:]) < 0.95 * np.prod(resampled)
+
+
+def test_target_patches_are_unlabelled_body_patches(demo: Path) -> None:
+    p = _parser(demo)
+    ds = p.get_parsed_content("train#target_dataset")
+    (patch,) = ds[0] if isinstance(ds[0], list) else (ds[0],)
+    assert set(patch) >= {"image"} and "label" not in patch
+    assert tuple(patch["image"].shape) == (1, 16, 16, 16)
+
+
+def test_size_prior_is_the_kidney_share_of_the_source_body(demo: Path) -> None:
+    p = _parser(demo)
+    prior = p.get_parsed_content("class_prior")
+    import nibabel as nib
+
+    kid = body = 0
+    for item in kidney.amos22_datalist(kidney.source_dir(demo / "data"), split="all"):
+        img = np.asarray(nib.load(item["image"]).dataobj)
+        lab = np.asarray(nib.load(item["label"]).dataobj)
+        inside = img > -500
+        kid += int(np.isin(lab[inside], [2, 3]).sum())
+        body += int(inside.sum())
+    assert prior[1] == pytest.approx(kid / body, rel=1e-6) and sum(prior) == pytest.approx(1.0)
+    p["prior_kidney_scale"] = 0.5
+    assert p.get_parsed_content("class_prior")[1] == pytest.approx(0.5 * kid / body, rel=1e-6)
+
+
+def test_honest_split_adapter_and_oracle_selection_never_see_test_cases(demo: Path) -> None:
+    """Adaptation reads target images only (no label paths) and no test image; the oracle trains on the train
+    split and selects its checkpoint on the dev split; evaluation uses the test split only."""
+    adapt = _parser(demo).get_parsed_content("target_train_list")
+    oracle = _parser(demo, "pretrain.json", "oracle.json")
+    oracle_train = oracle.get_parsed_content("train#dataset#data")
+    oracle_select = oracle.get_parsed_content("validate#dataset#data")
+    test = _parser(demo, "evaluate.json").get_parsed_content("target_test_list")
+
+    def images(items: list[dict]) -> set[str]:
+        return {d["image"] for d in items}
+
+    assert adapt and all("label" not in d for d in adapt)
+    assert oracle_select and test and oracle_train
+    assert not images(adapt) & images(test)
+    assert not images(oracle_train) & images(test) and not images(oracle_select) & images(test)
+    assert not images(oracle_select) & images(oracle_train)
+    assert images(adapt) == images(oracle_train)
+    assert all("label" in d for d in test)
+
+
+def test_split_cases_fractions() -> None:
+    items = list(range(30))
+    train = kidney.split_cases(items, "train", 1 / 3, 0.15)
+    dev = kidney.split_cases(items, "dev", 1 / 3, 0.15)
+    test = kidney.split_cases(items, "test", 1 / 3, 0.15)
+    assert (len(train), len(dev), len(test)) == (16, 4, 10) and sorted(train + dev + test) == items
+    assert kidney.split_cases(items, "train", 1 / 3) == items[:20]  # no dev split: as before
+    from tlk_components.utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="leave no training case"):
+        kidney.split_cases(list(range(3)), "train", 1 / 3, 0.5)
+    with pytest.raises(ConfigError, match="split"):
+        kidney.split_cases(items, "validation")
+
+
+def test_evaluation_preprocessing_keeps_metadata_for_inversion(demo: Path) -> None:
+    p = _parser(demo, "evaluate.json")
+    tf = p.get_parsed_content("eval_preprocessing")
+    item = p.get_parsed_content("target_test_list")[0]
+    out = tf({"image": item["image"]})
+    from monai.data import MetaTensor
+
+    assert isinstance(out["image"], MetaTensor) and out["image"].applied_operations
+    assert torch.isfinite(out["image"]).all()

@@ -39,7 +39,6 @@ from tlk_components.utils.validation import check_positive_int
 __all__ = ["ensure_plans", "fingerprint_domain", "intensity_stats", "load_plans", "make_plan", "plan"]
 
 
-
 def intensity_stats(values: np.ndarray) -> dict[str, float]:
     """Mean, std, median, min, max, 0.5th and 99.5th percentiles of a 1-D sample.
 

@@ -152,3 +152,14 @@ def test_evaluation_preprocessing_keeps_metadata_for_inversion(demo: Path) -> No
 
     assert isinstance(out["image"], MetaTensor) and out["image"].applied_operations
     assert torch.isfinite(out["image"]).all()
+
+
+def test_disk_cache_variant(demo: Path, tmp_path: Path) -> None:
+    """cache_disk.json: the deterministic preprocessing is cached on disk (MONAI PersistentDataset) instead of in
+    memory; patches come out the same way."""
+    p = _parser(demo, "pretrain.json", "cache_disk.json")
+    p["cache_dir"] = str(tmp_path / "cache")
+    ds = p.get_parsed_content("train#dataset")
+    (patch,) = ds[0]
+    assert tuple(patch["image"].shape) == (1, 16, 16, 16) and "label" in patch
+    assert list((tmp_path / "cache" / "source").glob("*.pt"))

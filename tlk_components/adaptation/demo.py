@@ -110,7 +110,7 @@ def _stage(
 
 def run_demo(
     out_dir: str = "kidney_da_demo",
-    pretrain_epochs: int = 60,
+    pretrain_epochs: int = 150,
     adapt_epochs: int = 3,
     num_threads: int = 0,
     device: str = "auto",
@@ -121,7 +121,7 @@ def run_demo(
     Args:
         out_dir: working folder (``demo_data/``, ``models/``, ``eval/``, ``logs/`` are created inside). Default
             ``kidney_da_demo``. Re-running reuses the data and resumes training from the last checkpoints.
-        pretrain_epochs: source epochs >= 1 (default 60, the README numbers).
+        pretrain_epochs: source epochs >= 1 (default 150, as pretrain.json; the README numbers).
         adapt_epochs: adaptation epochs of 10 target steps each, >= 1 (default 3, as train.json).
         num_threads: torch threads (0 = all usable cores).
         device: ``auto``, ``cpu`` or ``cuda``.

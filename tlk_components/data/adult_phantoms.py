@@ -78,7 +78,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from nibabel.orientations import axcodes2ornt
 from scipy import ndimage
 
 from tlk_components.data.phantoms import (
@@ -87,6 +86,8 @@ from tlk_components.data.phantoms import (
     KITS_LABELS,
     ORGANS,
     Phantom,
+    axis_box,
+    check_axcodes,
     reorient_array,
 )
 from tlk_components.utils.errors import ConfigError
@@ -328,12 +329,7 @@ class DomainProfile:
             raise ConfigError(f"DomainProfile.tumours={self.tumours}: expected (min, max) with 0 <= min <= max <= 6")
         if int(self.max_real_slices) < 16:
             raise ConfigError(f"DomainProfile.max_real_slices={self.max_real_slices}: expected >= 16")
-        try:
-            ornt = axcodes2ornt(tuple(self.axcodes))
-        except Exception:  # noqa: BLE001 - nibabel raises several types for bad codes
-            ornt = None
-        if ornt is None or len(self.axcodes) != 3 or np.isnan(ornt).any():
-            raise ConfigError(f"DomainProfile.axcodes={self.axcodes!r}: expected three nibabel codes such as 'RAS'")
+        check_axcodes("DomainProfile.axcodes", self.axcodes)
 
 
 #: AMOS22-like: portal-venous mostly (some arterial / late), many scanners (noise 8-30 HU, blur 0.4-1.1 mm),
@@ -1056,14 +1052,7 @@ class _Renderer:
         self.tissue[ix, iy, :] = sub
 
     def _box(self, center: np.ndarray, reach: np.ndarray) -> tuple[slice, ...] | None:
-        box = []
-        for ax, c, r in zip(self.axes, center, reach, strict=True):
-            lo = int(np.searchsorted(ax, c - r))
-            hi = int(np.searchsorted(ax, c + r, side="right"))
-            if hi <= lo:
-                return None
-            box.append(slice(lo, hi))
-        return tuple(box)
+        return axis_box(self.axes, center, reach)
 
     def _apply(self, box: tuple[slice, ...], mask: np.ndarray, shape: Shape) -> None:
         mask &= self.body_r[box[0], box[1]][:, :, None] < self.limit[box[2]][None, None, :]

@@ -42,6 +42,8 @@ __all__ = [
     "KITS_LABELS",
     "ORGANS",
     "Phantom",
+    "axis_box",
+    "check_axcodes",
     "PhantomStyle",
     "generate_phantom",
     "reorient_array",
@@ -150,6 +152,41 @@ DEFAULT_HU: dict[str, float] = {
 }
 
 
+def axis_box(axes: tuple[np.ndarray, ...], center: np.ndarray, reach: np.ndarray) -> tuple[slice, ...] | None:
+    """Index slices of the voxels whose coordinates lie within ``center ± reach`` along each axis.
+
+    Args:
+        axes: the sorted world coordinates (mm) of the voxel centres along each axis.
+        center, reach: box centre and half-size (mm) per axis.
+
+    Returns:
+        One slice per axis, or None when the box misses the grid on some axis.
+    """
+    box = []
+    for ax, c, r in zip(axes, center, reach, strict=True):
+        lo = int(np.searchsorted(ax, c - r))
+        hi = int(np.searchsorted(ax, c + r, side="right"))
+        if hi <= lo:
+            return None
+        box.append(slice(lo, hi))
+    return tuple(box)
+
+
+def check_axcodes(name: str, axcodes: str) -> str:
+    """Check an on-disk orientation given as three nibabel axis codes (``"RAS"``, ``"LPS"``, ``"IPL"`` ...).
+
+    Raises:
+        ConfigError: not three valid, distinct-axis codes (the message names ``name``).
+    """
+    try:
+        ornt = axcodes2ornt(tuple(axcodes))
+    except Exception:  # noqa: BLE001 - nibabel raises several types for bad codes
+        ornt = None
+    if ornt is None or len(axcodes) != 3 or np.isnan(ornt).any():
+        raise ConfigError(f"{name}={axcodes!r}: expected three nibabel codes such as 'RAS'")
+    return axcodes
+
+
 @dataclass(frozen=True)
 class PhantomStyle:
     """Everything that makes one simulated dataset look different from another.
@@ -208,12 +245,7 @@ class PhantomStyle:
             raise ConfigError(f"PhantomStyle.spacing={self.spacing}: expected three spacings > 0 mm")
         if self.intensity_scale <= 0:
             raise ConfigError(f"PhantomStyle.intensity_scale={self.intensity_scale}: expected > 0")
-        try:
-            ornt = axcodes2ornt(tuple(self.axcodes))
-        except Exception:  # noqa: BLE001 - nibabel raises several types for bad codes
-            ornt = None
-        if ornt is None or len(self.axcodes) != 3 or np.isnan(ornt).any():
-            raise ConfigError(f"PhantomStyle.axcodes={self.axcodes!r}: expected three nibabel codes such as 'RAS'")
+        check_axcodes("PhantomStyle.axcodes", self.axcodes)
         if self.tumours[0] < 0 or self.tumours[1] < self.tumours[0]:
             raise ConfigError(f"PhantomStyle.tumours={self.tumours}: expected (min, max) with 0 <= min <= max")
         if not 0 <= self.organ_scale_jitter <= 0.5 or not 0 <= self.shape_jitter <= 0.6:
@@ -352,14 +384,9 @@ class _Canvas:
         grow = math.sqrt(1.0 + 4.0 * amp) + 0.05  # the deformation field rarely exceeds 4 std
         reach = semi.max() * grow if rot is not None else semi * grow
         reach = np.broadcast_to(reach, (3,))
-        box = []
-        for ax, c, r in zip(self.axes, center, reach, strict=True):
-            lo = int(np.searchsorted(ax, c - r))
-            hi = int(np.searchsorted(ax, c + r, side="right"))
-            if hi <= lo:
-                return None
-            box.append(slice(lo, hi))
-        box_t = tuple(box)
+        box_t = axis_box(self.axes, center, reach)
+        if box_t is None:
+            return None
         d = [self.axes[i][box_t[i]] - center[i] for i in range(3)]
         dx, dy, dz = d[0][:, None, None], d[1][None, :, None], d[2][None, None, :]
         if rot is None:

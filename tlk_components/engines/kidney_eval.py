@@ -66,6 +66,7 @@ from tlk_components.engines.reporting import save_figure, to_jsonable
 from tlk_components.engines.seg_eval import write_csv
 from tlk_components.utils.errors import ConfigError, DatasetError
 from tlk_components.utils.io import atomic_write_json, ensure_output_dir
+from tlk_components.utils.validation import parse_flag
 
 __all__ = [
     "AFFINE_TOLERANCE",
@@ -396,7 +397,7 @@ def evaluate_kits19(
             outside 0..2 or non-integer.
         ConfigError: ``output_dir`` cannot be written.
     """
-    hd95 = _as_bool(hd95, "hd95")
+    hd95 = parse_flag("hd95", hd95)
     output_dir = Path(ensure_output_dir(output_dir))
     root = _kits_root(kits_dir)
     preds = match_predictions(pred_dir, _KITS_PRED, lambda n: f"case_{n:05d}", _KITS_PATTERNS)
@@ -488,7 +489,7 @@ def evaluate_amos22(
             (RAS) dataset as ``amos_dir``.
         ConfigError: ``output_dir`` cannot be written.
     """
-    hd95 = _as_bool(hd95, "hd95")
+    hd95 = parse_flag("hd95", hd95)
     output_dir = Path(ensure_output_dir(output_dir))
     root = _amos_root(amos_dir)
     preds = match_predictions(pred_dir, _AMOS_PRED, lambda n: f"amos_{n:04d}", _AMOS_PATTERNS)
@@ -627,17 +628,6 @@ def _plot_per_case(
 # ---------------------------------------------------------------------------------------------------------- CLI
 
 
-def _as_bool(value: Any, name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", "none", ""):
-        return False
-    raise ConfigError(f"{name}={value!r}: expected true or false; pass --{name} true")
-
-
 def evaluate_kidney(
     pred_dir: str,
     output_dir: str,
@@ -676,9 +666,9 @@ def evaluate_kidney(
             + (" (both were given)" if kits_dir is not None else "")
         )
     if kits_dir is not None:
-        result = evaluate_kits19(str(pred_dir), str(kits_dir), str(output_dir), hd95=_as_bool(hd95, "hd95"))
+        result = evaluate_kits19(str(pred_dir), str(kits_dir), str(output_dir), hd95=parse_flag("hd95", hd95))
     else:
-        result = evaluate_amos22(str(pred_dir), str(amos_dir), str(output_dir), hd95=_as_bool(hd95, "hd95"))
+        result = evaluate_amos22(str(pred_dir), str(amos_dir), str(output_dir), hd95=parse_flag("hd95", hd95))
     out = {k: v for k, v in result.items() if k != "per_case"}
     out["outputs"] = [str(Path(output_dir) / f) for f in ("per_case_metrics.csv", "metrics.json", "dice_per_case.png")]
     return out

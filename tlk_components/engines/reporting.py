@@ -133,7 +133,9 @@ def save_bar_chart(
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(labels) * max(1, n / 3)), 4))
     for i, (name, vals) in enumerate(series.items()):
         ax.bar(x + (i - (n - 1) / 2) * width, vals, width, label=name or None)
-    ax.set_xticks(x, labels)
+    # long names (case ids, organ names) overlap when laid flat: slant them once they would not fit under a bar
+    slant = max((len(str(lb)) for lb in labels), default=0) > 6
+    ax.set_xticks(x, labels, rotation=45 if slant else 0, ha="right" if slant else "center")
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     if xlabel:

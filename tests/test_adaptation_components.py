@@ -185,3 +185,21 @@ def test_size_range_prior_is_zero_inside_and_quadratic_outside() -> None:
     assert loss(logits)["prior"].item() == pytest.approx(math.log(5.0) ** 2, rel=1e-4)
     with pytest.raises(ConfigError, match="size_range"):
         EntropyPriorLoss([0.9, 0.1], size_range=(1.5, 2.0))
+
+
+def test_entropy_prior_running_share_averages_batches() -> None:
+    """momentum m: the size term sees m * (previous share, no gradient) + (1 - m) * (this batch's share)."""
+    loss = EntropyPriorLoss([0.9, 0.1], size_range=(1.0, 1.0), momentum=0.75)
+    a = torch.zeros(1, 2, 2, 2, 2)
+    a[:, 1] = 3.0  # kidney-heavy batch
+    b = torch.zeros(1, 2, 2, 2, 2, requires_grad=True)  # share 0.5
+    loss(a)
+    out = loss(b)
+    q = 0.75 * float(torch.softmax(a, 1)[:, 1].mean()) + 0.25 * 0.5
+    assert float(out["prior"]) == pytest.approx((math.log(q) - math.log(0.1)) ** 2, rel=1e-5)
+    out["prior"].backward()
+    assert b.grad is not None and float(b.grad.abs().sum()) > 0
+    loss.eval()  # evaluation: the batch's own share
+    assert float(loss(b.detach())["prior"]) == pytest.approx((math.log(0.5) - math.log(0.1)) ** 2, rel=1e-5)
+    with pytest.raises(ConfigError, match="momentum"):
+        EntropyPriorLoss([0.9, 0.1], momentum=1.0)

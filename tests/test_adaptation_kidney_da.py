@@ -13,7 +13,8 @@ import torch
 
 from tlk_components.adaptation.kidney_da import (
     TargetDiceEvaluation,
-    kidney_prior,
+    patch_label_share,
+    patch_size_prior,
     prepare_domains,
     scaled_prior,
     with_labels,
@@ -44,12 +45,46 @@ def test_label_free_verification_never_opens_target_labels(tiny: Path, tmp_path:
         prepare_domains(data, tmp_path / "demo", src, tgt, target_labels=False)
 
 
-def test_kidney_prior_and_scaling(tiny: Path) -> None:
-    prior = kidney_prior(kidney.amos22_datalist(kidney.source_dir(tiny)))
-    assert prior[0] + prior[1] == pytest.approx(1.0) and 0.0 < prior[1] < 0.1
+def test_patch_label_share_equals_brute_force_over_patch_positions() -> None:
+    g = np.random.default_rng(0)
+    label = (g.random((9, 7, 5)) < 0.2).astype(np.uint8)
+    patch = (4, 3, 5)
+    shares = [
+        label[x : x + 4, y : y + 3, z : z + 5].mean()
+        for x in range(9 - 4 + 1)
+        for y in range(7 - 3 + 1)
+        for z in range(1)
+    ]
+    assert patch_label_share(label[None], patch) == pytest.approx(float(np.mean(shares)), rel=1e-12)
+    # an interior object weighs more than its voxel share, a border one less
+    centre = np.zeros((12, 12, 12), np.uint8)
+    centre[5:7, 5:7, 5:7] = 1
+    border = np.roll(centre, 6, axis=0)
+    assert patch_label_share(centre, (6, 6, 6)) > centre.mean() > patch_label_share(border, (6, 6, 6))
+    with pytest.raises(ValueError, match="patch_size"):
+        patch_label_share(centre, (6, 6))
+
+
+def test_patch_size_prior_is_cached_and_scaled(tiny: Path, tmp_path: Path) -> None:
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, MapLabelValued
+
+    items = kidney.amos22_datalist(kidney.source_dir(tiny))
+    pre = Compose(
+        [
+            LoadImaged(["image", "label"]),
+            EnsureChannelFirstd(["image", "label"]),
+            MapLabelValued("label", list(range(16)), [0, 0, 1, 1] + [0] * 12),
+        ]
+    )
+    f = tmp_path / "size_prior.json"
+    prior = patch_size_prior(f, items, pre, (8, 8, 8))
+    expected = np.mean([patch_label_share(pre(dict(d))["label"], (8, 8, 8)) for d in items])
+    assert prior[1] == pytest.approx(expected) and sum(prior) == pytest.approx(1.0) and 0.0 < prior[1] < 0.2
+    assert patch_size_prior(f, items, None, (8, 8, 8)) == prior  # read back, preprocessing not run again
+    assert patch_size_prior(f, items, pre, (4, 4, 4)) != prior  # another patch size recomputes
     assert scaled_prior(prior, 2.0)[1] == pytest.approx(2 * prior[1])
-    with pytest.raises(DatasetError, match="kidney_prior"):
-        kidney_prior([{"image": "x.nii.gz"}])
+    with pytest.raises(DatasetError, match="no labelled case"):
+        patch_size_prior(tmp_path / "p2.json", [{"image": "x.nii.gz"}], pre, (8, 8, 8))
     with pytest.raises(ConfigError, match="kidney_scale"):
         scaled_prior(prior, 0.0)
 
@@ -117,6 +152,73 @@ def test_target_dice_evaluation_side_by_side_in_original_geometry(tmp_path: Path
     ev = TargetDiceEvaluation(net, {"adapted": str(good)}, items, flat, lambda x, n: n(x), "cpu", tmp_path / "e2")
     with pytest.raises(ConfigError, match="original geometry"):
         ev.run()
+
+
+def test_prior_matched_threshold_predicts_the_share_of_the_body(tmp_path: Path) -> None:
+    """foreground_shares: each case's kidney is the top share of its body voxels by kidney probability, whatever the
+    argmax says (here the network's argmax predicts nothing)."""
+    items = [_case_on_disk(tmp_path / "data", "case_0")]
+    img = nib.load(items[0]["image"])
+    arr = np.asarray(img.dataobj).copy()
+    arr[arr == 0] = -1000.0  # air outside a body slab
+    arr[:, :, 0:1] = np.where(arr[:, :, 0:1] < 0, -100.0, arr[:, :, 0:1])
+    nib.save(nib.Nifti1Image(arr, img.affine), items[0]["image"])
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+
+    tf = Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image")])
+    w = tmp_path / "w.pt"
+    torch.save({"t": torch.tensor(5.0)}, w)  # argmax: nothing is kidney
+    body = int((arr > -500).sum())
+    kidney_share = float((arr == 1.0).sum()) / body
+    ev = TargetDiceEvaluation(
+        _Const(),
+        {"argmax": str(w), "thr": str(w)},
+        items,
+        tf,
+        lambda x, n: n(x),
+        "cpu",
+        tmp_path / "e",
+        foreground_shares={"thr": kidney_share},
+    )
+    m = ev.run()
+    assert m["target_mean_dice_kidney_argmax"] == pytest.approx(0.0)
+    assert m["target_mean_dice_kidney_thr"] == pytest.approx(1.0)  # the brightest share of the body is the box
+    with pytest.raises(ConfigError, match="foreground_shares"):
+        TargetDiceEvaluation(_Const(), {}, items, tf, None, "cpu", tmp_path, foreground_shares={"thr": 0.0})
+
+
+def test_quantile_matching_maps_target_body_percentiles_to_the_source(tmp_path: Path) -> None:
+    import json
+
+    from tlk_components.adaptation.intensity import QuantileMatchd, ensure_quantile_map
+
+    g = np.random.default_rng(0)
+
+    def volume(path: Path, values: np.ndarray) -> dict[str, str]:
+        arr = np.full((20, 20, 10), -1000.0, np.float32)
+        arr[5:15, 5:15, :] = values.reshape(10, 10, 10)
+        nib.save(nib.Nifti1Image(arr, np.eye(4)), path)
+        return {"image": str(path)}
+
+    src = [volume(tmp_path / "s.nii.gz", g.normal(40, 50, 1000))]
+    tgt = [volume(tmp_path / "t.nii.gz", np.exp(g.normal(4, 0.5, 1000)) - 200)]  # another, skewed histogram
+    path = ensure_quantile_map(tmp_path / "q.json", src, tgt)
+    q = json.loads(Path(path).read_text())
+    t = QuantileMatchd("image", path)
+    x = torch.as_tensor(nib.load(tgt[0]["image"]).get_fdata(), dtype=torch.float32)
+    y = t({"image": x})["image"].numpy()
+    body = x.numpy() > -500
+    # the percentiles are estimated from every 7th voxel: the mapped histogram matches the source's within noise
+    assert np.percentile(y[body], 50) == pytest.approx(q["source"][50], abs=8.0)
+    assert np.percentile(y[body], 90) == pytest.approx(q["source"][90], abs=8.0)
+    assert abs(np.percentile(x.numpy()[body], 90) - q["source"][90]) > 30  # it was far off before
+    assert (y[~body] == -1000).all()  # air untouched
+    later = QuantileMatchd("image", tmp_path / "later.json")  # the file may be written after the transform is built
+    with pytest.raises(ConfigError, match="later.json"):
+        later({"image": x})
+    (tmp_path / "bad.json").write_text(json.dumps({"source": [0, 1], "target": [1, 0]}))
+    with pytest.raises(ConfigError, match="increasing"):
+        QuantileMatchd("image", tmp_path / "bad.json")
 
 
 def test_with_labels_pairs_a_separate_labels_folder(tiny: Path, tmp_path: Path) -> None:

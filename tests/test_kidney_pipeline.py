@@ -82,6 +82,39 @@ def test_source_patches_oversample_the_kidney(demo: Path) -> None:
     assert np.prod(cached["image"].shape[1:]) < 0.95 * np.prod(resampled)
 
 
+def test_cached_source_case_is_compact(demo: Path) -> None:
+    """What the cache holds per voxel: float32 image + uint8 label + int32 kidney indices + a capped background
+    subset (MONAI's FgBgToIndicesd would add 8 bytes per voxel); the indices are exactly the kidney voxels."""
+    p = _parser(demo, "pretrain.json")
+    cached = p.get_parsed_content("train#dataset")._cache[0]
+    label = np.asarray(cached["label"])
+    assert label.dtype == np.uint8 and cached["image"].dtype == torch.float32
+    fg, bg = cached["label_fg_indices"], cached["label_bg_indices"]
+    assert fg.dtype == bg.dtype == np.int32
+    np.testing.assert_array_equal(fg, np.flatnonzero(label.reshape(-1) > 0))
+    assert (label.reshape(-1)[bg] == 0).all() and 0 < bg.size <= 100_000
+    nbytes = sum(int(np.asarray(v).nbytes) for v in cached.values() if hasattr(v, "shape"))
+    assert nbytes <= 5 * label.size + 4 * (fg.size + 100_000)  # nothing else per voxel in the cache
+
+
+def test_compact_indices_cap_and_spread_the_background() -> None:
+    from tlk_components.data.transforms import CompactFgBgIndicesd
+    from tlk_components.utils.errors import ConfigError
+
+    label = np.zeros((1, 20, 30, 40), np.uint8)
+    label[0, 5:8, 10:12, 3:9] = 1
+    out = CompactFgBgIndicesd("label", max_background=1000)({"label": label})
+    assert out["label_fg_indices"].size == 3 * 2 * 6
+    bg = out["label_bg_indices"]
+    assert 900 <= bg.size <= 1000 and (label.reshape(-1)[bg] == 0).all()
+    z = np.unravel_index(bg, label.shape[1:])[0]
+    assert z.min() <= 1 and z.max() >= 18  # spread over the whole volume, not the first rows
+    with pytest.raises(ConfigError, match="max_background"):
+        CompactFgBgIndicesd("label", max_background=0)
+    with pytest.raises(ValueError, match="one-channel"):
+        CompactFgBgIndicesd("label")({"label": np.zeros((2, 4, 4, 4))})
+
+
 def test_target_patches_are_unlabelled_body_patches(demo: Path) -> None:
     p = _parser(demo)
     ds = p.get_parsed_content("train#target_dataset")
@@ -90,21 +123,31 @@ def test_target_patches_are_unlabelled_body_patches(demo: Path) -> None:
     assert tuple(patch["image"].shape) == (1, 16, 16, 16)
 
 
-def test_size_prior_is_the_kidney_share_of_the_source_body(demo: Path) -> None:
+def test_size_prior_is_the_kidney_share_of_a_random_source_patch(demo: Path) -> None:
+    """The prior is what the adapter's size term sees: the kidney share of random patches cut from the cached,
+    body-cropped volumes (checked by sampling such patches from the source), not the share of body voxels."""
+    from monai.transforms import RandSpatialCropd
+
     p = _parser(demo)
     prior = p.get_parsed_content("class_prior")
-    import nibabel as nib
+    pre = p.get_parsed_content("source_preprocessing")
+    crop = RandSpatialCropd(["image", "label"], roi_size=[16, 16, 16], random_size=False)
+    crop.set_random_state(0)
+    shares, body_kid, body = [], 0, 0
+    for item in kidney.amos22_datalist(kidney.source_dir(demo / "data"), split="train"):
+        case = pre(dict(item))
+        shares += [float((crop(case)["label"] > 0).float().mean()) for _ in range(400)]
+        import nibabel as nib
 
-    kid = body = 0
-    for item in kidney.amos22_datalist(kidney.source_dir(demo / "data"), split="all"):
-        img = np.asarray(nib.load(item["image"]).dataobj)
-        lab = np.asarray(nib.load(item["label"]).dataobj)
-        inside = img > -500
-        kid += int(np.isin(lab[inside], [2, 3]).sum())
-        body += int(inside.sum())
-    assert prior[1] == pytest.approx(kid / body, rel=1e-6) and sum(prior) == pytest.approx(1.0)
+        img, lab = (np.asarray(nib.load(item[k]).dataobj) for k in ("image", "label"))
+        body_kid += int(np.isin(lab[img > -500], [2, 3]).sum())
+        body += int((img > -500).sum())
+    assert sum(prior) == pytest.approx(1.0)
+    assert prior[1] == pytest.approx(float(np.mean(shares)), rel=0.1)
+    assert abs(prior[1] - body_kid / body) > 0.1 * prior[1]  # a patch does not see the body-voxel share
+    assert (demo / "size_prior.json").is_file()
     p["prior_kidney_scale"] = 0.5
-    assert p.get_parsed_content("class_prior")[1] == pytest.approx(0.5 * kid / body, rel=1e-6)
+    assert p.get_parsed_content("class_prior")[1] == pytest.approx(0.5 * prior[1], rel=1e-6)
 
 
 def test_honest_split_adapter_and_oracle_selection_never_see_test_cases(demo: Path) -> None:
@@ -163,3 +206,20 @@ def test_disk_cache_variant(demo: Path, tmp_path: Path) -> None:
     (patch,) = ds[0]
     assert tuple(patch["image"].shape) == (1, 16, 16, 16) and "label" in patch
     assert list((tmp_path / "cache" / "source").glob("*.pt"))
+
+
+def test_heavy_augmentation_variant_overrides_only_the_augmentation(demo: Path) -> None:
+    """heavy_augmentation.json (the domain-generalisation baseline) swaps the augmentation list and nothing else."""
+    base = _parser(demo, "pretrain.json")
+    heavy = _parser(demo, "pretrain.json", "heavy_augmentation.json")
+    names = [t["_target_"] for t in heavy["augmentation"]]
+    assert {"RandHistogramShiftd", "RandShiftIntensityd"} <= set(names) and len(names) > len(base["augmentation"])
+    assert heavy.get("augmentation")[0]["prob"] > base.get("augmentation")[0]["prob"]
+    from monai.utils import set_determinism
+
+    set_determinism(seed=0)
+    ds = heavy.get_parsed_content("train#dataset")
+    for i in range(len(ds)):
+        (patch,) = ds[i]
+        assert tuple(patch["image"].shape) == (1, 16, 16, 16) and torch.isfinite(patch["image"]).all()
+    set_determinism(seed=None)

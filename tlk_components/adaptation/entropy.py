@@ -14,6 +14,10 @@ Formulas (``p`` = softmax of the logits, per voxel; ``q_c`` = mean of ``p_c`` ov
   Kervadec et al. (MedIA 2019) on every foreground class, in log space: ``Σ_{c>0} (l_c - clamp(l_c, log lo,
   log hi))²`` with ``l_c = log(q_c / π_c)`` — no penalty while the predicted share lies within ``[lo·π_c, hi·π_c]`` (a target whose
   objects are larger than the source's, e.g. kidneys with tumours, is not pulled back to the source's size);
+* with ``momentum=m > 0`` the size terms use a running share ``q̄ ← m·q̄ + (1-m)·q`` (the old ``q̄`` carries no
+  gradient) instead of the batch's ``q``: a few small patches rarely hold the prior's share (most hold no kidney,
+  a few mostly kidney), and the running share estimates the expected patch share over many patches, i.e. over the
+  target volumes, which is what a source prior can speak about;
 * ``pseudo_label = CE(logits, argmax p_teacher)`` over voxels where ``max p_teacher >= threshold`` (0 when none).
 
 No term reads a label: the prior is a vector of class proportions (from source labels, or estimated without
@@ -107,6 +111,8 @@ class EntropyPriorLoss(nn.Module):
         class_prior: expected class proportions ``π`` (C values > 0, summing to 1, background first).
         size_range: None (default): the KL prior term; ``(lo, hi)`` with ``0 < lo <= 1 <= hi``: the hinge size
             constraint on the foreground shares (see the module docstring).
+        momentum: weight of the running share in ``[0, 0.999]``; 0 (default) uses each batch's own share. The running
+            share lives in training mode only (evaluation uses the batch share) and is not saved with the weights.
 
     Shape:
         ``logits``: ``(N, C, *S)``. Output: ``{"entropy": scalar, "prior": scalar}``.
@@ -121,9 +127,13 @@ class EntropyPriorLoss(nn.Module):
         ['entropy', 'prior']
     """
 
-    def __init__(self, class_prior: Sequence[float], size_range: Sequence[float] | None = None) -> None:
+    def __init__(
+        self, class_prior: Sequence[float], size_range: Sequence[float] | None = None, momentum: float = 0.0
+    ) -> None:
         super().__init__()
         self.register_buffer("class_prior", _check_prior(class_prior), persistent=False)
+        self.momentum = check_in_range("momentum", momentum, 0.0, 0.999)
+        self.register_buffer("running_share", torch.zeros(0), persistent=False)
         self.size_range: tuple[float, float] | None = None
         if size_range is not None:
             if len(size_range) != 2:
@@ -141,6 +151,10 @@ class EntropyPriorLoss(nn.Module):
         p = logp.exp()
         entropy = -(p * logp).sum(1).mean() / math.log(c)
         q = p.transpose(0, 1).flatten(1).mean(1).clamp_min(1e-8)
+        if self.momentum > 0 and self.training:
+            if self.running_share.numel() == c:
+                q = self.momentum * self.running_share + (1.0 - self.momentum) * q
+            self.running_share = q.detach().clone()
         if self.size_range is None:
             prior = (self.class_prior * (self.class_prior.log() - q.log())).sum()
         else:

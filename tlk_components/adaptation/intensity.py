@@ -9,6 +9,10 @@ normalisation. The statistics come from target IMAGES only and are stored next t
 (``intensity_alignment.json``) so inference applies the same map. Contrast-phase differences between organs
 (what a linear map cannot undo) are left to the feature/output-space adapters.
 
+:class:`QuantileMatchd` (with :func:`ensure_quantile_map`) is the zero-training baseline of the kidney benchmark:
+quantile histogram matching of the target's body voxels to the source's (Nyul & Udupa, 1999, with 101 landmarks):
+a piecewise-linear map through the matched percentiles, applied to body voxels only.
+
 The map belongs to the weights adapted with it: :class:`AlignedWeightsRecorder` (the last handler of the
 adaptation run) records the sha256 of the saved ``model.pt`` in the alignment file, and
 :func:`inference_alignment` applies the map only to weights recorded there, so source-only or oracle weights
@@ -40,8 +44,11 @@ from tlk_components.utils.validation import check_positive_int
 __all__ = [
     "AlignedWeightsRecorder",
     "IntensityAlignd",
+    "QuantileMatchd",
     "body_stats",
+    "body_values",
     "ensure_alignment",
+    "ensure_quantile_map",
     "inference_alignment",
     "sha256_file",
 ]
@@ -49,8 +56,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def body_stats(datalist: Sequence[Mapping[str, str]], threshold: float = BODY_HU, stride: int = 7) -> dict[str, float]:
-    """Mean and std of body voxels (``> threshold`` HU) over the images of ``datalist`` (labels are not read).
+def body_values(datalist: Sequence[Mapping[str, str]], threshold: float = BODY_HU, stride: int = 7) -> np.ndarray:
+    """Every ``stride``-th voxel (in file order) above ``threshold`` HU of the images of ``datalist``, as one array
+    (labels are not read).
 
     Args:
         datalist: items with ``"image"`` paths.
@@ -67,7 +75,13 @@ def body_stats(datalist: Sequence[Mapping[str, str]], threshold: float = BODY_HU
         values.append(arr[arr > threshold])
     v = np.concatenate(values) if values else np.empty(0)
     if v.size == 0:
-        raise DatasetError(f"body_stats: no voxel above {threshold} HU in {len(datalist)} image(s); is this CT?")
+        raise DatasetError(f"no voxel above {threshold} HU in {len(datalist)} image(s); is this CT?")
+    return v
+
+
+def body_stats(datalist: Sequence[Mapping[str, str]], threshold: float = BODY_HU, stride: int = 7) -> dict[str, float]:
+    """Mean and std of the body voxels of :func:`body_values`. Raises DatasetError as it does."""
+    v = body_values(datalist, threshold, stride)
     return {"mean": float(v.mean()), "std": float(v.std()), "n_images": len(datalist)}
 
 
@@ -99,6 +113,77 @@ def ensure_alignment(
         p, {"scale": scale, "shift": src["mean"] - tgt["mean"] * scale, "enabled": True, "source": src, "target": tgt}
     )
     return str(p)
+
+
+def ensure_quantile_map(
+    path: str | os.PathLike,
+    source_datalist: Sequence[Mapping[str, str]],
+    target_datalist: Sequence[Mapping[str, str]],
+    n_quantiles: int = 101,
+) -> str:
+    """Write ``path`` (JSON ``source``/``target``: the body-voxel percentiles 0..100 of each domain's images) unless it
+    exists; labels are not read. Returns the path.
+
+    Raises:
+        DatasetError: a domain without body voxels.
+    """
+    p = Path(path)
+    if p.is_file():
+        return str(p)
+    q = np.linspace(0.0, 100.0, check_positive_int("n_quantiles", n_quantiles, minimum=2))
+    src, tgt = (np.percentile(body_values(d), q).tolist() for d in (source_datalist, target_datalist))
+    atomic_write_json(p, {"percentiles": q.tolist(), "source": src, "target": tgt})
+    return str(p)
+
+
+class QuantileMatchd(MapTransform):
+    """Quantile histogram matching of body voxels (``> -500`` HU): ``x' = interp(x, target_q, source_q)``.
+
+    Args:
+        keys: image keys (HU).
+        params_file: the JSON written by :func:`ensure_quantile_map` (read now if it exists, else at first use).
+        allow_missing_keys: default False.
+
+    Raises:
+        ConfigError: unreadable params file, or percentiles that do not increase.
+    """
+
+    def __init__(self, keys: KeysCollection, params_file: str | os.PathLike, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.params_file = Path(params_file)
+        self._map: tuple[np.ndarray, np.ndarray] | None = None
+        if self.params_file.is_file():  # else read at first use (a config may build it before the file is written)
+            self._load()
+
+    def _load(self) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            params = json.loads(self.params_file.read_text())
+            src = np.asarray(params["source"], dtype=np.float64)
+            tgt = np.asarray(params["target"], dtype=np.float64)
+        except (OSError, KeyError, ValueError, TypeError) as e:
+            raise ConfigError(
+                f"quantile map {self.params_file}: unreadable ({type(e).__name__}: {e}); delete it and rerun "
+                "evaluate.json with --histmatch_models to recompute it from the images"
+            ) from None
+        if src.shape != tgt.shape or src.ndim != 1 or src.size < 2 or (np.diff(tgt) < 0).any():
+            raise ConfigError(f"quantile map {self.params_file}: expected two increasing lists of the same length")
+        keep = np.concatenate([[True], np.diff(tgt) > 0])  # a flat part of the histogram: keep one landmark
+        self._map = (tgt[keep], src[keep])
+        return self._map
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            x = torch.as_tensor(d[key]).float()
+            arr = x.cpu().numpy()
+            body = arr > BODY_HU
+            out = arr.copy()
+            tgt, src = self._map or self._load()
+            out[body] = np.interp(arr[body], tgt, src).astype(np.float32)
+            y = x.clone()  # keeps MONAI metadata
+            y.copy_(torch.from_numpy(out))
+            d[key] = y
+        return d
 
 
 class IntensityAlignd(MapTransform):

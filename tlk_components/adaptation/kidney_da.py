@@ -3,8 +3,9 @@
 
 * :func:`prepare_domains` — write the demo on first use and verify both domains before any compute. With
   ``target_labels=False`` (adaptation) the target is checked from its images only: no target label file is opened.
-* :func:`kidney_prior` — the class-size prior ``[background, kidney]`` from the SOURCE labels (AMOS kidney
-  channels 2 and 3); :func:`scaled_prior` rescales its kidney share (a label-free size lever).
+* :func:`patch_size_prior` — the class-size prior ``[background, kidney]``: the expected kidney share of a random
+  patch of a preprocessed SOURCE volume (what the adapter's size term sees on target patches);
+  :func:`scaled_prior` rescales its kidney share (the lever of the prior-error study).
 * :func:`with_labels` — pair target images with the label files of a separate ``--labels_dir``.
 * :class:`TargetDiceEvaluation` — per-case and mean kidney(+tumour) Dice on target test cases for every model
   that exists (source-only ``pretrained.pt``, adapted ``model.pt``, oracle ``oracle.pt``), side by side, written to
@@ -17,13 +18,13 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 from monai.data import DataLoader, Dataset, MetaTensor, decollate_batch
@@ -31,9 +32,11 @@ from monai.metrics import compute_dice
 from monai.transforms import Activationsd, AsDiscreted, Compose, Invertd, LoadImage
 from tqdm import tqdm
 
+from tlk_components.adaptation.intensity import sha256_file
 from tlk_components.data import kidney
 from tlk_components.data.nifti_checks import CasePair, check_pairs
 from tlk_components.data.plan import load_plans
+from tlk_components.data.transforms import BODY_HU
 from tlk_components.engines.reporting import save_bar_chart
 from tlk_components.engines.seg_inference import case_name
 from tlk_components.utils.errors import ConfigError, DatasetError
@@ -44,9 +47,10 @@ from tlk_components.zoo.datasets import DatasetReport, prepare_dataset
 __all__ = [
     "BUNDLE",
     "TargetDiceEvaluation",
-    "kidney_prior",
-    "prepare_domains",
+    "patch_label_share",
+    "patch_size_prior",
     "plan_kidney_prior",
+    "prepare_domains",
     "scaled_prior",
     "with_labels",
 ]
@@ -109,39 +113,117 @@ def prepare_domains(
     return str(d)
 
 
-def kidney_prior(
-    source_datalist: Sequence[Mapping[str, str]], kidney_labels: Sequence[int] = kidney.AMOS_KIDNEY_CHANNELS
-) -> list[float]:
-    """``[background, kidney]`` voxel shares over the source label files (both kidneys merged).
+def _coverage(length: int, patch: int) -> np.ndarray:
+    """How many of the ``length - patch + 1`` patch positions along one axis cover each index (patch <= length)."""
+    n = length - patch + 1
+    i = np.arange(length)
+    return (np.minimum(i, n - 1) - np.maximum(0, i - patch + 1) + 1).astype(np.float64)
 
-    The phantoms share one physical field of view, so the share is the same after resampling.
+
+def patch_label_share(label: np.ndarray | torch.Tensor, patch_size: Sequence[int]) -> float:
+    """Expected foreground share (label > 0) of a patch drawn uniformly at random from a volume.
+
+    A voxel at index ``i`` along an axis of length ``L`` lies in ``c(i) = min(i, L-p) - max(0, i-p+1) + 1`` of the
+    ``L - p + 1`` positions of a patch of size ``p``, so the expected share is
+    ``sum_{v in fg} prod_a c_a(v_a) / prod_a ((L_a - p_a + 1) p_a)`` — the same as MONAI ``RandSpatialCropd`` with
+    a fixed ``roi_size`` (``random_size=False``). Voxels near the volume's border lie in fewer patches, so on a
+    volume only a few patches wide the interior (where the kidneys are) weighs up to several times more than in
+    the plain voxel share.
+
+    Args:
+        label: ``(1, *S)`` or ``(*S)`` labels.
+        patch_size: one size per spatial axis; an axis shorter than its patch counts as one position.
 
     Raises:
-        DatasetError: no source item has a label.
+        ValueError: ``patch_size`` has another length than the label's spatial axes.
     """
-    kid = tot = 0
-    for item in source_datalist:
-        if "label" not in item:
-            continue
-        lab = np.asarray(nib.load(item["label"]).dataobj)
-        kid += int(np.isin(lab, list(kidney_labels)).sum())
-        tot += lab.size
-    if tot == 0 or kid == 0:
-        raise DatasetError("kidney_prior: no labelled source case with kidney voxels; check --source_dir")
-    return [1.0 - kid / tot, kid / tot]
+    lab = torch.as_tensor(label)
+    lab = lab[0] if lab.ndim == len(patch_size) + 1 and lab.shape[0] == 1 else lab
+    if lab.ndim != len(patch_size):
+        raise ValueError(f"patch_size {list(patch_size)} does not match a label of shape {tuple(lab.shape)}")
+    idx = np.nonzero(lab.cpu().numpy() > 0)
+    num = np.ones(len(idx[0]))
+    den = 1.0
+    for axis, (length, p) in enumerate(zip(lab.shape, patch_size, strict=True)):
+        p = min(int(p), int(length))
+        num *= _coverage(int(length), p)[idx[axis]]
+        den *= (length - p + 1) * p
+    return float(num.sum() / den)
+
+
+def patch_size_prior(
+    prior_file: str | os.PathLike,
+    source_datalist: Sequence[Mapping[str, str]],
+    preprocessing: Any,
+    patch_size: Sequence[int],
+    plans_file: str | os.PathLike | None = None,
+) -> list[float]:
+    """``[background, kidney]``: the expected kidney share of a random patch of a preprocessed SOURCE volume.
+
+        Label-free adaptation computes its size term on random target patches (``RandSpatialCropd`` of the cached,
+        body-cropped volume), so the prior is that same quantity on the labelled source: the source cases are run
+        through ``preprocessing`` (the cached part of the pipeline: resampling, body crop, padding, label map) and
+        :func:`patch_label_share` is averaged over cases (the loader draws cases uniformly). The value is computed once
+        and kept in ``prior_file`` (JSON with the source image list, the patch size and the plan's sha256; recomputed when
+    any of them changes).
+        The kidney share of whole volumes or of body voxels is not what a patch sees: on the demo a random body patch
+        holds ~2x the body-voxel share, because patches overlap the interior more than the border.
+
+        Args:
+            prior_file: JSON cache of the value (e.g. ``<ckpt_dir>/size_prior.json``), written atomically.
+            source_datalist: labelled source items (``image``, ``label``).
+            preprocessing: the deterministic preprocessing whose output the patches are cut from; maps the source labels
+                to ``{0: background, 1: kidney}``.
+            patch_size: the adapter's patch size.
+            plans_file: the plan the preprocessing follows (its spacing and normalisation); a re-plan recomputes the prior.
+
+        Raises:
+            DatasetError: no labelled source item, or no kidney voxel in them.
+    """
+    items = [d for d in source_datalist if d.get("label")]
+    if not items:
+        raise DatasetError("patch_size_prior: the source datalist has no labelled case; check --source_dir")
+    key = {
+        "images": [str(d["image"]) for d in items],
+        "patch_size": [int(p) for p in patch_size],
+        "plan_sha256": sha256_file(plans_file) if plans_file is not None and Path(plans_file).is_file() else None,
+    }
+    path = Path(prior_file)
+    if path.is_file():
+        try:
+            cached = json.loads(path.read_text())
+            if {k: cached.get(k) for k in key} == key:
+                return [1.0 - float(cached["kidney_share"]), float(cached["kidney_share"])]
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            logger.warning("%s: unreadable, recomputing the size prior", path)
+    shares = [patch_label_share(preprocessing(dict(d))["label"], patch_size) for d in items]
+    k = float(np.mean(shares))
+    if k <= 0:
+        raise DatasetError(
+            f"patch_size_prior: the {len(items)} source labels hold no kidney voxel after preprocessing; check "
+            "--source_dir and the label map"
+        )
+    atomic_write_json(path, {**key, "kidney_share": k, "per_case": shares})
+    logger.info(
+        "size prior: kidney share of a random %s patch of the source = %.5f (%d cases)",
+        key["patch_size"],
+        k,
+        len(items),
+    )
+    return [1.0 - k, k]
 
 
 def plan_kidney_prior(
     plans_file: str | os.PathLike, kidney_labels: Sequence[int] = kidney.AMOS_KIDNEY_CHANNELS
 ) -> list[float]:
-    """``[background, kidney]``: the kidney share of the source's **body** voxels, from ``plans.json``.
+    """``[background, kidney]``: the kidney share of the source's **body** voxels (image > -500 HU), from the plan.
 
-    Adaptation computes its size prior on random target patches drawn from volumes cropped to the body (air
-    dropped), so the prior is the expected kidney share of such a patch: kidney voxels / body voxels (image > -500
-    HU) over the labelled source, recorded by the plan's fingerprint (``body_label_shares``). Unlike the share of
-    whole volumes it does not change with the air around the patient; it still changes with the scan length (a
-    chest-abdomen-pelvis scan holds more non-kidney body than a kidney-centred one), which is why the bundle
-    reports Dice against prior error and offers ``prior_kidney_scale`` and ``prior_size_range``.
+    A volume-level prior: what share of a whole scan's body is kidney, recorded by the plan's fingerprint
+    (``body_label_shares``). Used by the zero-training baseline that thresholds each target volume's kidney
+    probability so that this share of its body is predicted kidney (:class:`TargetDiceEvaluation`
+    ``foreground_shares``). It is not the patch prior of the adapter (:func:`patch_size_prior`): a random patch of a
+    body-cropped volume over-represents the interior. It changes with the scan length (a chest-abdomen-pelvis scan
+    holds more non-kidney body than a kidney-centred one).
 
     Args:
         plans_file: a plans.json written by :func:`tlk_components.data.plan.plan`.
@@ -233,6 +315,9 @@ class TargetDiceEvaluation:
         metric_prefix: metrics are named ``<prefix>_<model name>`` (default ``target_mean_dice_kidney``).
         model_transforms: model name -> preprocessing used for that model instead of ``transforms`` (e.g. the
             adapted model with the target intensity alignment it was adapted with).
+        foreground_shares: model name -> share in (0, 1): instead of the argmax, each case's kidney probability is
+            thresholded so that this share of its body voxels (image > -500 HU, original geometry) is kidney (the
+            prior-matched threshold baseline; the share of a volume prior such as :func:`plan_kidney_prior`).
 
     Raises:
         ConfigError: no checkpoint exists, or the datalist is empty or lacks labels.
@@ -249,6 +334,7 @@ class TargetDiceEvaluation:
         output_dir: str | os.PathLike,
         metric_prefix: str = "target_mean_dice_kidney",
         model_transforms: Mapping[str, Any] | None = None,
+        foreground_shares: Mapping[str, float] | None = None,
     ) -> None:
         if not datalist or any("label" not in d for d in datalist):
             raise ConfigError("TargetDiceEvaluation: the target datalist is empty or has items without 'label'")
@@ -261,12 +347,19 @@ class TargetDiceEvaluation:
         self.output_dir = Path(output_dir)
         self.metric_prefix = metric_prefix
         self.model_transforms = dict(model_transforms or {})
+        self.foreground_shares = {
+            k: check_in_range(f"foreground_shares[{k!r}]", v, 0.0, 1.0, low_inclusive=False)
+            for k, v in (foreground_shares or {}).items()
+        }
 
     def _predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.inferer(x, self.network)
 
-    def evaluate(self, path: str | os.PathLike, transforms: Any = None) -> list[float]:
-        """Per-case kidney Dice of the weights at ``path`` in the original geometry (same order as the datalist).
+    def evaluate(
+        self, path: str | os.PathLike, transforms: Any = None, foreground_share: float | None = None
+    ) -> list[float]:
+        """Per-case kidney Dice of the weights at ``path`` in the original geometry (same order as the datalist);
+        with ``foreground_share`` the kidney is the top ``foreground_share`` of the body voxels by kidney probability.
 
         Raises:
             ConfigError: the transforms drop the metadata needed to invert them.
@@ -279,7 +372,7 @@ class TargetDiceEvaluation:
             [
                 Activationsd("pred", softmax=True),
                 Invertd("pred", transform=tf, orig_keys="image", nearest_interp=False, to_tensor=True),
-                AsDiscreted("pred", argmax=True),
+                *([AsDiscreted("pred", argmax=True)] if foreground_share is None else []),
             ]
         )
         images = [{"image": d["image"]} for d in self.datalist]
@@ -299,6 +392,13 @@ class TargetDiceEvaluation:
                 batch["pred"] = self._predict(batch["image"].to(self.device)).cpu()
                 out = invert(decollate_batch(batch, detach=True)[0])
                 pred = out["pred"]
+                if foreground_share is not None:
+                    body = load_label(item["image"]) > BODY_HU
+                    prob = torch.as_tensor(pred)[1:2]
+                    t = torch.quantile(
+                        prob[body].float()[:: max(1, int(body.sum()) // 2_000_000)], 1.0 - foreground_share
+                    )
+                    pred = ((prob > t) & body).to(torch.uint8)
                 label = load_label(item["label"])
                 if tuple(pred.shape[1:]) != tuple(label.shape[1:]):
                     raise DatasetError(
@@ -322,7 +422,10 @@ class TargetDiceEvaluation:
                 f"no checkpoint to evaluate: none of {list(self.checkpoints.values())} exists; run pretrain.json "
                 "and train.json first (or pass --ckpt_dir)"
             )
-        per_model = {name: self.evaluate(path, self.model_transforms.get(name)) for name, path in present.items()}
+        per_model = {
+            name: self.evaluate(path, self.model_transforms.get(name), self.foreground_shares.get(name))
+            for name, path in present.items()
+        }
         cases = [
             case_name(d["image"]) if isinstance(d["image"], str | os.PathLike) else f"case_{i}"
             for i, d in enumerate(self.datalist)

@@ -6,6 +6,10 @@
   come from the **source** foreground and are applied to both domains (TLK's recipe,
   ``../shared/reference/domain_adaptation.md`` section 1.4). Values are read from ``plans.json``
   (:mod:`tlk_components.data.plan`) or given explicitly.
+* :class:`CompactFgBgIndicesd` - the foreground/background sampling indices of a label for MONAI's
+  ``RandCropByPosNegLabeld``, compact enough to cache: ``int32`` foreground indices and an evenly strided subset of
+  at most ``max_background`` background indices (MONAI's ``FgBgToIndicesd`` keeps every background voxel as
+  ``int64``: 8 bytes per cached voxel, twice the image).
 * :class:`KidneyFromAmosd` - maps a 16-channel AMOS output to 2 channels (background, kidney) with
   kidney = max(right kidney, left kidney) and background = max(every other channel), as TLK did at prediction.
 """
@@ -26,7 +30,7 @@ from monai.transforms import MapTransform
 from tlk_components.utils.errors import ConfigError
 from tlk_components.utils.validation import check_positive_int
 
-__all__ = ["BODY_HU", "CTNormalized", "KidneyFromAmosd", "load_normalization", "select_body"]
+__all__ = ["BODY_HU", "CTNormalized", "CompactFgBgIndicesd", "KidneyFromAmosd", "load_normalization", "select_body"]
 
 #: CT voxels above this value (HU) are the body (fat, soft tissue, bone, contrast); air and lung lie below.
 BODY_HU = -500.0
@@ -176,4 +180,46 @@ class KidneyFromAmosd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.map_scores(torch.as_tensor(d[key]))
+        return d
+
+
+class CompactFgBgIndicesd(MapTransform):
+    """Foreground and (strided) background voxel indices of a label, for ``RandCropByPosNegLabeld``.
+
+    Writes ``<key>_fg_indices`` (every voxel with label > 0, flat C-order indices of the spatial shape) and
+    ``<key>_bg_indices`` (every ``k``-th label-0 voxel in C order, ``k = ceil(n_background / max_background)``, so
+    at most ``max_background`` of them, spread evenly over the volume). Both are ``int32`` when the volume has
+    fewer than 2**31 voxels, else ``int64``. ``RandCropByPosNegLabeld(..., fg_indices_key=..., bg_indices_key=...)``
+    then draws a foreground centre with probability ``pos / (pos + neg)`` and otherwise a background centre from
+    the subset: the same distribution as MONAI's ``FgBgToIndicesd`` up to the stride, at ~4 bytes per foreground
+    voxel instead of 8 bytes per voxel.
+
+    Args:
+        keys: label key(s); shape ``(1, *S)`` or ``(*S)``.
+        max_background: cap on the background indices kept, >= 1 (default 100000).
+        allow_missing_keys: skip absent keys.
+
+    Raises:
+        ConfigError: ``max_background`` < 1.
+        ValueError: at call time, a label with more than one channel.
+    """
+
+    def __init__(self, keys: KeysCollection, max_background: int = 100_000, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.max_background = check_positive_int("max_background", max_background)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Add the two index arrays for every key."""
+        d = dict(data)
+        for key in self.key_iterator(d):
+            label = torch.as_tensor(d[key])
+            if label.ndim >= 4 and label.shape[0] != 1:
+                raise ValueError(f"{key}: expected a one-channel label (1, *S), got shape {tuple(label.shape)}")
+            flat = (label.reshape(-1) > 0).cpu().numpy()
+            dtype = np.int32 if flat.size < 2**31 else np.int64
+            fg = np.flatnonzero(flat).astype(dtype)
+            bg = np.flatnonzero(~flat)
+            step = max(1, -(-bg.size // self.max_background))
+            d[f"{key}_fg_indices"] = fg
+            d[f"{key}_bg_indices"] = bg[::step].astype(dtype)
         return d

@@ -55,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from tlk_components.utils.io import atomic_write_json
 from tlk_components.zoo.runner import bundle_command
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,9 +103,7 @@ class Run:
 
     def save(self, key: str, value: Any) -> None:
         self.result[key] = value
-        tmp = self.result_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.result, indent=2))
-        tmp.replace(self.result_file)
+        atomic_write_json(self.result_file, self.result, indent=2)
 
     def stage(self, key: str, fn: Any) -> Any:
         if key not in self.result:
@@ -176,7 +175,6 @@ class Run:
     def adabn(self) -> dict[str, Any]:
         """AdaBN alone: the source model with its BatchNorm statistics re-estimated on target-train patches (one
         pass of the bundle's target loader, as the adapter's ``BatchNormRecalibration`` does); no weight changes."""
-        import torch  # noqa: F401  (imported here: the rest of the benchmark runs stages in subprocesses)
         from monai.bundle import ConfigParser
         from monai.utils import set_determinism
 

@@ -174,14 +174,10 @@ class QuantileMatchd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            x = torch.as_tensor(d[key]).float()
-            arr = x.cpu().numpy()
-            body = arr > BODY_HU
-            out = arr.copy()
             tgt, src = self._map or self._load()
-            out[body] = np.interp(arr[body], tgt, src).astype(np.float32)
-            y = x.clone()  # keeps MONAI metadata
-            y.copy_(torch.from_numpy(out))
+            y = torch.as_tensor(d[key]).float().clone()  # a MetaTensor keeps its metadata
+            body = y > BODY_HU
+            y[body] = torch.from_numpy(np.interp(y[body].cpu().numpy(), tgt, src).astype(np.float32))
             d[key] = y
         return d
 

@@ -160,25 +160,25 @@ def patch_size_prior(
 ) -> list[float]:
     """``[background, kidney]``: the expected kidney share of a random patch of a preprocessed SOURCE volume.
 
-        Label-free adaptation computes its size term on random target patches (``RandSpatialCropd`` of the cached,
-        body-cropped volume), so the prior is that same quantity on the labelled source: the source cases are run
-        through ``preprocessing`` (the cached part of the pipeline: resampling, body crop, padding, label map) and
-        :func:`patch_label_share` is averaged over cases (the loader draws cases uniformly). The value is computed once
-        and kept in ``prior_file`` (JSON with the source image list, the patch size and the plan's sha256; recomputed when
-    any of them changes).
-        The kidney share of whole volumes or of body voxels is not what a patch sees: on the demo a random body patch
-        holds ~2x the body-voxel share, because patches overlap the interior more than the border.
+    Label-free adaptation computes its size term on random target patches (``RandSpatialCropd`` of the cached,
+    body-cropped volume), so the prior is that same quantity on the labelled source: the source cases are run
+    through ``preprocessing`` (the cached part of the pipeline: resampling, body crop, padding, label map) and
+    :func:`patch_label_share` is averaged over cases (the loader draws cases uniformly). The value is computed once
+    and kept in ``prior_file`` (JSON with the source image list, the patch size and the plan's sha256; recomputed
+    when any of them changes). The kidney share of whole volumes or of body voxels is not what a patch sees: on the
+    demo a random body patch holds ~2x the body-voxel share, because patches overlap the interior more than the
+    border.
 
-        Args:
-            prior_file: JSON cache of the value (e.g. ``<ckpt_dir>/size_prior.json``), written atomically.
-            source_datalist: labelled source items (``image``, ``label``).
-            preprocessing: the deterministic preprocessing whose output the patches are cut from; maps the source labels
-                to ``{0: background, 1: kidney}``.
-            patch_size: the adapter's patch size.
-            plans_file: the plan the preprocessing follows (its spacing and normalisation); a re-plan recomputes the prior.
+    Args:
+        prior_file: JSON cache of the value (e.g. ``<ckpt_dir>/size_prior.json``), written atomically.
+        source_datalist: labelled source items (``image``, ``label``).
+        preprocessing: the deterministic preprocessing whose output the patches are cut from; maps the source labels
+            to ``{0: background, 1: kidney}``.
+        patch_size: the adapter's patch size.
+        plans_file: the plan the preprocessing follows (spacing, normalisation); a re-plan recomputes the prior.
 
-        Raises:
-            DatasetError: no labelled source item, or no kidney voxel in them.
+    Raises:
+        DatasetError: no labelled source item, or no kidney voxel in them.
     """
     items = [d for d in source_datalist if d.get("label")]
     if not items:

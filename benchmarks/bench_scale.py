@@ -29,8 +29,10 @@ of any figure; existing complete data in ``--data_dir`` are reused). What it mea
    8 passes), with the number of windows per pass, with a randomly initialised ``network_def`` written as ``model.pt``. Then the whole ``inference.json`` is run once through
    ``python -m monai.bundle run`` in a subprocess (wall time, includes loading, preprocessing and writing the NIfTI
    predictions; skip with ``--no_bundle_run``).
-5. **Peak RSS** of this process (``RUSAGE_SELF``; also right after caching) and of the bundle subprocess (its own
-   ``VmHWM``, polled; ``RUSAGE_CHILDREN`` is reported too but starts at this process's RSS at fork), in GB.
+5. **Peak RSS** of this process (``RUSAGE_SELF``; right after caching, and as a training process holds it: after
+   the training steps, with ``validate#dataset``, the whole-volume validation cases, cached as well) and of the bundle
+   subprocess (its own ``VmHWM``, polled; ``RUSAGE_CHILDREN`` is reported too but starts at this process's RSS at
+   fork), in GB.
 
 Torch threads are set deliberately (``--threads``, default env ``TLK_NUM_THREADS`` or 2). Run it alone: on a
 2-core machine busy with other jobs, 2 torch threads made the forward pass ~15x slower than 1 thread. The full run
@@ -351,6 +353,17 @@ def preprocessing(parser) -> tuple[Any, dict[str, Any]]:
     return ds, result
 
 
+def validation_cache(parser) -> dict[str, Any]:
+    """Build ``validate#dataset`` (the whole-volume source validation cases, cached next to the training patches'
+    sources in a real training process) and size it."""
+    t0 = time.perf_counter()
+    ds = parser.get_parsed_content("validate#dataset")
+    secs = time.perf_counter() - t0
+    n = len(ds._cache)
+    total = sum(_nbytes(entry) for entry in ds._cache)
+    return {"n_val_cases": n, "val_cache_s": round(secs, 2), "val_cache_mb_total": round(total / 1e6, 1)}
+
+
 # ---------------------------------------------------------------------------------------------------- training
 
 
@@ -562,6 +575,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{train['train_data_s_per_step']:.2f} s/step), batch {train['train_batch_shape']}",
         flush=True,
     )
+    val = validation_cache(parser)
+    rss_training_process = _gb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    print(
+        f"validation cache: {val['n_val_cases']} whole source volumes, {val['val_cache_mb_total']:.0f} MB in "
+        f"{val['val_cache_s']:.1f} s; peak RSS with both caches after training {rss_training_process:.2f} GB",
+        flush=True,
+    )
     del ds, parser
 
     volume, vol_info = write_infer_volume(out / "infer_input", args.infer_slices, args.seed)
@@ -579,6 +599,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "bundle_inference_wall_s": infer.get("bundle_inference_wall_s"),
         "peak_rss_gb": peak_self,
         "peak_rss_after_cache_gb": rss_after_cache,
+        "peak_rss_training_process_gb": rss_training_process,
         "peak_rss_children_gb": peak_children,
         "n_cases": args.n_cases,
         "n_cached_cases": pre["n_cached_cases"],
@@ -591,6 +612,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cache_mb_per_case_by_key": pre["cache_mb_per_case_by_key"],
         "cached_mvox_per_case": pre["cached_mvox_per_case"],
         "linearity": pre["linearity"],
+        **val,
         "data_generate_s": round(generate_s, 1),
         **{k: v for k, v in train.items() if k not in ("train_steps_per_s", "train_s_per_step")},
         **{k: v for k, v in infer.items() if k not in ("sw_infer_s", "sw_infer_mirror_s", "bundle_inference_wall_s")},

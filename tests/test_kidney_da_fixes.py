@@ -183,6 +183,7 @@ def _fake_bundle_command(configs, overrides):
 
 def test_main_job_logs_to_a_file_and_shows_bars_and_the_table_once(tmp_path: Path, monkeypatch, capfd) -> None:
     monkeypatch.setattr(demo, "bundle_command", _fake_bundle_command)
+    monkeypatch.setattr(demo, "_FORK_STAGES", False)  # the subprocess path (no fork server), with fake stages
     out = tmp_path / "job"
     (out / "demo_data").mkdir(parents=True)
     (out / "demo_data" / "x").write_text("already written")
@@ -225,3 +226,34 @@ def test_main_job_tiny_run_terminal_and_log(tmp_path: Path, monkeypatch, capfd) 
     assert "| model |" in log  # the evaluation stage's own table is kept in the log
     assert len([ln for ln in terminal.replace("\r", "\n").splitlines() if ln.strip()]) < 200
     assert "intensity alignment" in log and (tmp_path / "models" / "model.pt").is_file()
+    # on Linux the stages are fork-server children; the log keeps the equivalent CLI command of each stage
+    assert demo._FORK_STAGES == sys.platform.startswith("linux")
+    assert log.count("-m monai.bundle run --config_file") == 3
+    # a stage failing in the child: exit status, its last lines (the bundle's error naming the key) and the log
+    with pytest.raises(TLKError, match=r"(?s)stage 'source pretraining' failed \(exit 1\).*device.*main_job\.log"):
+        demo.run_demo(str(tmp_path), size="tiny", pretrain_epochs=1, adapt_epochs=1, device="FAIL")
+
+
+def test_follow_yields_the_lines_a_stage_appends(tmp_path: Path) -> None:
+    """The main job follows a stage's output in the log: whole lines as they come, the unterminated rest at the end,
+    nothing from before the stage started."""
+    log = tmp_path / "job.log"
+    log.write_bytes(b"header\n")
+
+    class Stage:
+        calls = 0
+
+        def running(self) -> bool:
+            Stage.calls += 1
+            with open(log, "ab") as f:
+                f.write({1: b"Epoch: 1/2, Iter: 1", 2: b"/1\nframe\rframe2\n", 3: b"last"}.get(Stage.calls, b""))
+            return Stage.calls < 4
+
+        def wait(self) -> int:
+            return 0
+
+        def kill(self) -> None:
+            pass
+
+    lines = list(demo._follow(log, len(b"header\n"), Stage()))
+    assert lines == [b"Epoch: 1/2, Iter: 1/1\n", b"frame\rframe2\n", b"last"]

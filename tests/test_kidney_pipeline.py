@@ -223,3 +223,29 @@ def test_heavy_augmentation_variant_overrides_only_the_augmentation(demo: Path) 
         (patch,) = ds[i]
         assert tuple(patch["image"].shape) == (1, 16, 16, 16) and torch.isfinite(patch["image"]).all()
     set_determinism(seed=None)
+
+
+def test_body_crop_before_resampling_matches_resampling_first(demo: Path) -> None:
+    """The cached preprocessing crops to the body before it resamples (so only the body is resampled, in float32):
+    the result is the volume that resampling first and cropping after gives, up to the crop margin."""
+    from monai.transforms import Compose
+
+    p = _parser(demo)
+    load, resample = p.get_parsed_content("preprocessing_load"), p.get_parsed_content("preprocessing_resample")
+    names = [type(t).__name__ for t in load + resample]
+    assert names.index("CropForegroundd") < names.index("Spacingd")
+    crop, spacing = load[-1], resample[0]
+    item = p.get_parsed_content("source_train_list")[0]
+    loaded = Compose(load[:-1])(dict(item))
+    cropped = crop(dict(loaded))
+    assert np.prod(cropped["image"].shape) < np.prod(loaded["image"].shape)  # air around the patient is gone
+    ours = spacing(cropped)
+    reference = crop(spacing(dict(loaded)))
+    assert ours["image"].dtype == torch.float32
+    np.testing.assert_allclose(ours["image"].pixdim, reference["image"].pixdim)
+    shape_ours, shape_ref = np.array(ours["image"].shape[1:]), np.array(reference["image"].shape[1:])
+    assert (np.abs(shape_ours - shape_ref) <= 4).all(), (shape_ours, shape_ref)
+    body_ours, body_ref = int((ours["image"] > -500).sum()), int((reference["image"] > -500).sum())
+    assert abs(body_ours - body_ref) <= 0.02 * body_ref
+    kidney_ours, kidney_ref = (int(np.isin(np.asarray(d["label"]), [2, 3]).sum()) for d in (ours, reference))
+    assert kidney_ref > 0 and abs(kidney_ours - kidney_ref) <= 0.02 * kidney_ref

@@ -39,9 +39,10 @@ BODY_HU = -500.0
 def select_body(x: torch.Tensor | np.ndarray, threshold_hu: float = BODY_HU) -> torch.Tensor | np.ndarray:
     """The body mask of a CT image in Hounsfield units: ``x > threshold_hu`` (default :data:`BODY_HU`).
 
-    For ``CropForegroundd(select_fn=...)``: cropping each resampled volume to the body's bounding box keeps the
-    patients' anatomy and drops the air around them (on real scans a third of the field of view or more), so cached
-    volumes are smaller and random patches land in the body.
+    For ``CropForegroundd(select_fn=...)``: cropping each volume to the body's bounding box keeps the patients'
+    anatomy and drops the air around them (on real scans a third of the field of view or more), so cached volumes
+    are smaller and random patches land in the body. The kidney bundle crops before resampling, so that only the
+    body is resampled (on a 512 x 512 x 475 scan: 11 instead of 15 s and 2.7 instead of 3.2 GB of transient memory).
     """
     return x > threshold_hu
 

@@ -64,8 +64,9 @@ def train_and_evaluate(name: str, variant: list[str], data: Path, out: Path, arg
         "dataset_dir": str(data),
         "ckpt_dir": str(run_dir / "models"),
         "output_dir": str(run_dir / "eval"),
-        "num_threads": args.threads,
     }
+    if args.threads is not None:
+        common["num_threads"] = args.threads
     for key in ("channels", "patch_size", "learning_rate"):  # the bundle's own recipe unless overridden
         if getattr(args, key) is not None:
             common[key] = getattr(args, key)
@@ -92,7 +93,7 @@ def sliding_window_overhead(data: Path, ckpt: Path, args: argparse.Namespace) ->
     from tlk_components.data.btcv import btcv_datalist
     from tlk_components.utils import configure_threads, load_weights
 
-    configure_threads(args.threads)
+    args.threads_used = configure_threads(args.threads)
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "train.json"))
     parser.update({"dataset_dir": str(data), "bundle_root": str(BUNDLE)})
@@ -164,8 +165,9 @@ def inference_memory(out: Path, ckpt_dir: Path, args: argparse.Namespace) -> dic
         sys.executable, "-c", code, "run", "--config_file", str(CONFIGS / "inference.json"),
         "--input_dir", str(big_dir), "--output_dir", str(out / "big_pred"), "--ckpt_dir", str(ckpt_dir),
         "--dataset_dir", str(out / "demo"), "--spacing", json.dumps([round(s, 6) for s in spacing]),
-        "--device", "cpu", "--num_threads", str(args.threads),
+        "--device", "cpu",
     ]  # fmt: skip
+    cmd += ["--num_threads", str(args.threads)] if args.threads is not None else []
     cmd += ["--channels", json.dumps(args.channels)] if args.channels is not None else []
     cmd += ["--patch_size", json.dumps(args.patch_size)] if args.patch_size is not None else []
     start = time.perf_counter()
@@ -190,7 +192,7 @@ def main() -> None:
     ap.add_argument("--channels", type=ints, default=None, help="default: train.json's")
     ap.add_argument("--patch_size", type=ints, default=None, help="default: train.json's (the whole demo volume)")
     ap.add_argument("--learning_rate", type=float, default=None, help="default: train.json's")
-    ap.add_argument("--threads", type=int, default=int(os.environ.get("TLK_NUM_THREADS", "2")))
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: configure_threads decides)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip_train", action="store_true", help="reuse the models already in --out")
     ap.add_argument(
@@ -231,7 +233,7 @@ def main() -> None:
         "epochs": args.epochs,
         "channels": sw["channels"],
         "patch_size": sw["roi"],
-        "threads": args.threads,
+        "threads": args.threads_used,
         "benchmark_rss_gb": round(rss_self, 3),
         "wall_s": round(time.perf_counter() - start, 1),
     }

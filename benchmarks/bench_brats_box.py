@@ -4,7 +4,7 @@
 1. Writes the demo dataset (``write_demo(size="demo", seed=0)``: 24 synthetic cases of 96x96x40) unless present.
 2. Trains ``BoxFPN`` with the bundle's settings (Adam 2e-4, focal + smooth-L1, random flips) on the training split.
 3. Evaluates on the **test split** (5 cases never used for training or model selection): median per-volume IoU
-   (the source document's metric, missed tumours penalised), AP at IoU 0.1 and 0.5, box sensitivity and PPV.
+   (the tutorial's metric, missed tumours penalised), AP at IoU 0.1 and 0.5, box sensitivity and PPV.
 4. Times inference as inference.json runs it (``BoxEvaluator`` on label-free volumes, score threshold 0.5: network
    + decoding + NMS, without writing files) against the bare network forward pass on the same slices, same
    chunks, same thread count; prints slices/s and the ratio (target <= 1.3).
@@ -32,8 +32,9 @@ from torch.utils.data import DataLoader
 from tlk_components.boxes.params import BoxParams
 from tlk_components.boxes.targets import BoxTargetsd
 from tlk_components.data.brats import BratsSliceDataset, BratsVolumeDataset, brats_datalist, write_demo
-from tlk_components.engines.box_engine import BoxEvaluator, BoxTrainer
-from tlk_components.engines.box_metrics import BoxAveragePrecision, BoxPPV, BoxSensitivity, VolumeIoU
+from tlk_components.engines.evaluators.box import BoxEvaluator
+from tlk_components.engines.evaluators.box_metrics import BoxAveragePrecision, BoxPPV, BoxSensitivity, VolumeIoU
+from tlk_components.engines.trainers.box import BoxTrainer
 from tlk_components.losses.focal import BoxLocalizationLoss
 from tlk_components.networks.fpn import BoxFPN
 from tlk_components.utils import atomic_torch_save, configure_threads
@@ -76,7 +77,7 @@ def main() -> dict:
     ap.add_argument("--save_weights", default="", help="also save the trained state_dict here")
     args = ap.parse_args()
 
-    threads = configure_threads(0)
+    threads = configure_threads()
     set_determinism(seed=args.seed)
     data_dir = Path(args.data_dir)
     if not data_dir.is_dir() or not any(data_dir.iterdir()):

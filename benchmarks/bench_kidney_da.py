@@ -120,7 +120,7 @@ class Run:
             **self.common(
                 ckpt_dir=self.models,
                 output_dir=out,
-                epochs=self.args.pretrain_epochs,
+                **_given(epochs=self.args.pretrain_epochs),
                 best_model_name=name,
                 last_checkpoint=f"checkpoint_{tag}_last.pt",
             ),
@@ -222,7 +222,12 @@ class Run:
 
 
 def _adapter_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {"epochs": args.adapt_epochs, "epoch_length": args.adapt_epoch_length}
+    return _given(epochs=args.adapt_epochs, epoch_length=args.adapt_epoch_length)
+
+
+def _given(**overrides: Any) -> dict[str, Any]:
+    """The overrides the user gave (None = the bundle's own value, defined once in its configs)."""
+    return {k: v for k, v in overrides.items() if v is not None}
 
 
 def _dann_overrides(args: argparse.Namespace, lam: float) -> dict[str, Any]:
@@ -424,7 +429,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--dev_seed", type=int, default=0, help="data seed for choosing settings (not in the table)")
     ap.add_argument("--data_seeds", default="1,2,3")
     ap.add_argument("--train_seeds", default="0,1")
-    ap.add_argument("--pretrain_epochs", type=int, default=150, help="the bundle's default")
+    ap.add_argument("--pretrain_epochs", type=int, default=None, help="default: pretrain.json's")
     ap.add_argument(
         "--oracle_epochs",
         type=int,
@@ -433,8 +438,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     ap.add_argument("--oracle_val_interval", type=int, default=5)
     ap.add_argument("--finetune_epochs", type=int, default=50)
-    ap.add_argument("--adapt_epochs", type=int, default=3, help="the bundle's default budget: 3 x 10 steps")
-    ap.add_argument("--adapt_epoch_length", type=int, default=10)
+    ap.add_argument("--adapt_epochs", type=int, default=None, help="default: train.json's")
+    ap.add_argument("--adapt_epoch_length", type=int, default=None, help="default: train.json's")
     ap.add_argument("--dann_steps", type=int, default=300)
     ap.add_argument("--dann_epoch_length", type=int, default=30)
     ap.add_argument("--dann_lr", type=float, default=1e-4)

@@ -1,5 +1,5 @@
 # Copyright (c) TLK Model Zoo contributors. Licensed under the Apache License, Version 2.0.
-"""Benchmark of mnist_mlp_classification (issue 2): training epoch time against two baselines, plus demo accuracy.
+"""Benchmark of mnist_mlp_classification: training epoch time against two baselines, plus demo accuracy.
 
 Measured side by side in one process, on the same training images and the same batch size:
 
@@ -9,7 +9,7 @@ Measured side by side in one process, on the same training images and the same b
    all ``EPOCH_COMPLETED`` handlers (validation, checkpoints, plot included). Threads: ``configure_threads``.
 2. **bare** — a plain PyTorch loop over the same in-memory tensors (random permutation, slicing, forward,
    backward, Adam step), the same network, optimizer, batch size and thread count. The floor for any framework.
-3. **seed** — the source document's loop: a per-sample ``Dataset`` (PIL image -> ``ToTensor``-like conversion per
+3. **seed** — the tutorial's loop: a per-sample ``Dataset`` (PIL image -> ``ToTensor``-like conversion per
    ``__getitem__``, as torchvision's MNIST does) + ``DataLoader(batch_size, shuffle=False)``, torch's default
    thread count. One epoch (it is slow).
 
@@ -131,7 +131,7 @@ def time_bare(images: torch.Tensor, labels: torch.Tensor, epochs: int, batch_siz
 
 
 class _PerSampleMNIST(torch.utils.data.Dataset):
-    """The source document's data path: torchvision-MNIST-like ``__getitem__`` (PIL image, then ToTensor)."""
+    """The tutorial's data path: torchvision-MNIST-like ``__getitem__`` (PIL image, then ToTensor)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
         self.images, self.labels = images, labels
@@ -148,7 +148,7 @@ class _PerSampleMNIST(torch.utils.data.Dataset):
 
 
 def time_seed(images: np.ndarray, labels: np.ndarray, batch_size: int, lr: float) -> float:
-    """One epoch of the source document's loop at torch's default thread count."""
+    """One epoch of the tutorial's loop at torch's default thread count."""
     configured = torch.get_num_threads()
     torch.set_num_threads(DEFAULT_THREADS)
     try:

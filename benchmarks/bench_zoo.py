@@ -1,5 +1,5 @@
 # Copyright (c) TLK Model Zoo contributors. Licensed under the Apache License, Version 2.0.
-"""Benchmark of the zoo operations (issue 7).
+"""Benchmark of the zoo operations.
 
 1. Download + verify + extract one released bundle with ``tlk_components.zoo.download.download_bundle`` (index
    read, sha256 check, archive check, atomic extraction) against plain ``monai.bundle.download(name=..., url=...)``

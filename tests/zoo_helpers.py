@@ -114,7 +114,7 @@ def make_fake_bundle(
         "output_dir": "$@bundle_root + '/eval'",
         "dataset_dir": "$@bundle_root + '/demo_data'",
         "device": "$tlk_components.utils.resolve_device('auto')",
-        "num_threads": 0,
+        "num_threads": None,
         "network_def": NET,
         "network": "$@network_def.to(@device)",
     }
@@ -154,7 +154,7 @@ def make_fake_bundle(
             "module": "$@network_def.to(@device)",
         },
         "train#sampler": {"_target_": "monai.data.DistributedSampler", "dataset": "@train#dataset"},
-        "initialize": ["$tlk_components.engines.distributed.init_distributed()", *INIT],
+        "initialize": ["$tlk_components.utils.distributed.init_distributed()", *INIT],
     }
     (b / "configs" / "multi_gpu_train.json").write_text(_json(mg))
     (b / "configs" / "logging.conf").write_text(

@@ -2,7 +2,8 @@
 """Shared component library of the TLK Model Zoo.
 
 Subpackages are split by concern: ``data`` (dataset readers, demo generators, integrity checks),
-``networks``, ``losses``, ``boxes``, ``adaptation``, ``engines`` (ignite/MONAI handlers and trainers),
+``networks``, ``losses``, ``boxes``, ``adaptation``, ``engines`` (trainers, evaluators, handlers, inference),
+``workflows`` (the kidney stages and the main job),
 ``zoo`` (bundle registry, verification, packaging, download) and ``utils`` (runtime, I/O, validation).
 Subpackages are imported lazily so ``import tlk_components`` stays cheap.
 """
@@ -13,7 +14,7 @@ import importlib
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "adaptation", "boxes", "data", "engines", "losses", "networks", "utils", "zoo"]
+__all__ = ["__version__", "adaptation", "boxes", "data", "engines", "losses", "networks", "utils", "workflows", "zoo"]
 
 
 def __getattr__(name: str) -> Any:

@@ -13,9 +13,18 @@ from pathlib import Path
 
 import fire
 
+from tlk_components.data.convert import convert_amos22, convert_kits19
+from tlk_components.data.datasets import DatasetReport
+from tlk_components.data.plan import plan
+from tlk_components.data.registry import get_data_module, write_demo_dataset
+from tlk_components.engines.evaluators.kidney import evaluate_kidney
 from tlk_components.utils.errors import TLKError
-from tlk_components.zoo.datasets import DatasetReport
-from tlk_components.zoo.registry import get_data_module
+from tlk_components.workflows.kidney_demo import run_demo
+from tlk_components.zoo.api import format_bundles_info, list_bundles_info
+from tlk_components.zoo.download import download_cmd
+from tlk_components.zoo.large_files import fetch_large_files_cmd
+from tlk_components.zoo.package import package_cmd
+from tlk_components.zoo.verify import verify_cmd
 
 __all__ = ["list_cmd", "main", "prepare_demo", "verify_dataset"]
 
@@ -27,8 +36,6 @@ def list_cmd(index: str | None = None, timeout: float = 30.0) -> str:
         index: URL (http(s)://, file://) or path of a zoo index (model_info.json); default: the local bundles.
         timeout: seconds to wait for a server (default 30).
     """
-    from tlk_components.zoo.api import format_bundles_info, list_bundles_info  # noqa: PLC0415  (zoo operations)
-
     rows = list_bundles_info(index, timeout=float(timeout))
     if index is not None and not rows:
         return f"index {index} lists no bundles"
@@ -47,8 +54,6 @@ def prepare_demo(bundle: str, dir: str, size: str = "demo", seed: int = 0) -> st
         size: ``demo`` (the bundle's default) or ``tiny`` (what the tests use).
         seed: generator seed; the same seed writes the same files.
     """
-    from tlk_components.zoo.datasets import write_demo_dataset  # noqa: PLC0415
-
     if size not in ("demo", "tiny"):
         raise TLKError(f"size={size!r}: expected 'demo' or 'tiny'")
     get_data_module(bundle)  # unknown bundle: a clear error before touching DIR
@@ -68,43 +73,25 @@ def verify_dataset(bundle: str, dir: str) -> DatasetReport:
     return report
 
 
+#: command name -> typed function (python-fire turns ``kidney_demo`` into ``kidney-demo`` too).
 COMMANDS = {
     "list": list_cmd,
     "prepare_demo": prepare_demo,
     "verify_dataset": verify_dataset,
-}
-
-
-def _register_optional_commands() -> None:
-    """Commands contributed by other modules (added here as they land)."""
-    import importlib
-
-    for name, target in OPTIONAL_COMMANDS.items():
-        module, func = target.split(":")
-        try:
-            COMMANDS[name] = getattr(importlib.import_module(module), func)
-        except ModuleNotFoundError as e:
-            if not e.name or not e.name.startswith("tlk_components"):
-                raise
-
-
-#: command name -> "module:function"; commands whose module is not present are skipped.
-OPTIONAL_COMMANDS: dict[str, str] = {
-    "verify": "tlk_components.zoo.verify:verify_cmd",
-    "package": "tlk_components.zoo.package:package_cmd",
-    "download": "tlk_components.zoo.download:download_cmd",
-    "download_large_files": "tlk_components.zoo.large_files:fetch_large_files_cmd",
-    "kidney_demo": "tlk_components.adaptation.demo:run_demo",
-    "convert_kits19": "tlk_components.data.convert:convert_kits19",
-    "convert_amos22": "tlk_components.data.convert:convert_amos22",
-    "plan": "tlk_components.data.plan:plan",
-    "evaluate_kidney": "tlk_components.engines.kidney_eval:evaluate_kidney",
+    "verify": verify_cmd,
+    "package": package_cmd,
+    "download": download_cmd,
+    "download_large_files": fetch_large_files_cmd,
+    "kidney_demo": run_demo,
+    "convert_kits19": convert_kits19,
+    "convert_amos22": convert_amos22,
+    "plan": plan,
+    "evaluate_kidney": evaluate_kidney,
 }
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m tlk_components`` and ``tlk``."""
-    _register_optional_commands()
     try:
         fire.Fire(COMMANDS, command=argv, name="tlk", serialize=_serialize)
     except TLKError as e:

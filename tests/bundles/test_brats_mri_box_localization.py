@@ -43,7 +43,7 @@ def _common(work: dict[str, Path]) -> dict:
 def test_configs_metadata_readme_and_duplicated_definitions_agree() -> None:
     for f in CFG.glob("*.json"):
         json.loads(f.read_text())
-    # metadata schema and README == eval_metrics: tests/test_metadata_schema.py, for every bundle
+    # metadata schema and README == eval_metrics: tests/zoo/test_metadata_schema.py, for every bundle
     meta = json.loads((CFG / "metadata.json").read_text())
     readme = (BUNDLES / BUNDLE / "docs" / "README.md").read_text()
     train = json.loads((CFG / "train.json").read_text())

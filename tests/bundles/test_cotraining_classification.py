@@ -1,7 +1,7 @@
 # Copyright (c) TLK Model Zoo contributors. Licensed under the Apache License, Version 2.0.
 """cotraining_classification through the real ``python -m monai.bundle run``: train, resume, evaluate, inference,
 the labelled-only baseline, a bad dataset; plus README/metadata and train/inference config consistency.
-MONAI's ConfigWorkflow properties, verify_net_in_out and TorchScript export: tests/test_cotraining_interop.py."""
+MONAI's ConfigWorkflow properties, verify_net_in_out and TorchScript export: tests/bundles/test_cotraining_interop.py."""
 
 from __future__ import annotations
 

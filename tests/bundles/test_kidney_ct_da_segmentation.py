@@ -38,7 +38,7 @@ def _common(work: dict[str, Path]) -> dict:
 
 
 def test_configs_are_valid_json() -> None:
-    # metadata schema and README == eval_metrics: tests/test_metadata_schema.py, for every bundle
+    # metadata schema and README == eval_metrics: tests/zoo/test_metadata_schema.py, for every bundle
     for f in (BUNDLES / BUNDLE / "configs").glob("*.json"):
         json.loads(f.read_text())
 

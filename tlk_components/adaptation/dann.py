@@ -1,5 +1,5 @@
 # Copyright (c) TLK Model Zoo contributors. Licensed under the Apache License, Version 2.0.
-"""DANN loss (Ganin et al., JMLR 2016) and the segmentation-shape adversary of TLK's U-Net DA.
+"""DANN loss (Ganin et al., JMLR 2016) for feature maps, as TLK's encoder/decoder adversaries.
 
 Reference: "Domain-Adversarial Training of Neural Networks", https://arxiv.org/abs/1505.07818; TLlib
 ``tllib/alignment/dann.py::DomainAdversarialLoss`` (re-written here, logits instead of probabilities).
@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tlk_components.adaptation.grl import GradientReverseLayer, WarmStartGradientReverseLayer
+from tlk_components.adaptation.grl import WarmStartGradientReverseLayer
 
-__all__ = ["DomainAdversarialLoss", "ShapeAdversarialLoss", "binary_domain_accuracy"]
+__all__ = ["DomainAdversarialLoss", "binary_domain_accuracy"]
 
 Features = torch.Tensor | Sequence[torch.Tensor]
 
@@ -53,9 +53,9 @@ class DomainAdversarialLoss(nn.Module):
         Output: a scalar.
 
     Example:
-        >>> from tlk_components.adaptation.discriminator import DomainDiscriminator
-        >>> loss = DomainAdversarialLoss(DomainDiscriminator(4, 8, batch_norm=False))
-        >>> float(loss(torch.zeros(2, 4), torch.zeros(2, 4))) > 0
+        >>> from tlk_components.adaptation.discriminator import MultiScaleDomainDiscriminator
+        >>> loss = DomainAdversarialLoss(MultiScaleDomainDiscriminator([4], strides=[2], spatial_dims=2))
+        >>> float(loss([torch.zeros(2, 4, 8, 8)], [torch.zeros(2, 4, 8, 8)])) > 0
         True
     """
 
@@ -83,35 +83,3 @@ class DomainAdversarialLoss(nn.Module):
         """Advance the GRL's warm-start schedule (no-op for a fixed GRL)."""
         if hasattr(self.grl, "step"):
             self.grl.step()
-
-
-class ShapeAdversarialLoss(nn.Module):
-    """Segmentation-shape adversary: a discriminator tells real label masks from predicted probability maps.
-
-    TLK's "seg-gan" term compared source ground truth with source argmax predictions (no gradient reaches the
-    segmenter through an argmax). Here predictions enter as softmax probabilities behind a gradient reversal
-    layer, so the segmenter is pushed towards label-like shapes; which predictions are compared (source or
-    target) is chosen by the caller (:class:`~tlk_components.adaptation.transferrable.TransferrableModel` uses
-    the target's, so it acts as a label-free shape prior).
-
-    Args:
-        discriminator: maps ``(N, C, *S)`` probability / one-hot maps to logits.
-        grl: default ``GradientReverseLayer(1.0)``.
-
-    Shape:
-        ``real``: one-hot ``(N, C, *S)``; ``fake``: probabilities ``(M, C, *S)``. Output: a scalar.
-    """
-
-    def __init__(self, discriminator: nn.Module, grl: nn.Module | None = None) -> None:
-        super().__init__()
-        self.discriminator = discriminator
-        self.grl = grl if grl is not None else GradientReverseLayer(1.0)
-
-    def forward(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-        """``0.5 · (BCE(D(real), 1) + BCE(D(GRL(fake)), 0))``."""
-        d_r = self.discriminator(real.float())
-        d_f = self.discriminator(self.grl(fake))
-        return 0.5 * (
-            F.binary_cross_entropy_with_logits(d_r, torch.ones_like(d_r))
-            + F.binary_cross_entropy_with_logits(d_f, torch.zeros_like(d_f))
-        )

@@ -1,5 +1,5 @@
 # Copyright (c) TLK Model Zoo contributors. Licensed under the Apache License, Version 2.0.
-"""Domain discriminators: a multi-scale one for U-Net feature maps and an MLP one for feature vectors.
+"""The multi-scale domain discriminator for U-Net feature maps.
 
 :class:`MultiScaleDomainDiscriminator` follows TLK's ``SegDiscriminator`` (``network_architecture/DA/
 discriminator.py`` of the ``kits19.patch``): it receives every encoder skip map and fuses them stage by stage.
@@ -11,12 +11,8 @@ Deliberate differences from TLK: the discriminator returns logits (no Sigmoid; t
 at TLK's HEAD) and by default ends in a linear layer to ONE logit per sample (``head=True``); ``head=False``
 reproduces TLK, where every pooled channel is its own domain logit.
 
-:class:`DomainDiscriminator` is TLlib's MLP discriminator for ``(N, F)`` features (returns logits).
-
 Shape:
-    * :class:`MultiScaleDomainDiscriminator`: inputs ``[(N, C_d, *S_d) for d]`` → ``(N, 1)`` (``head=True``) or
-      ``(N, C_last)``.
-    * :class:`DomainDiscriminator`: ``(N, F)`` → ``(N, 1)``.
+    inputs ``[(N, C_d, *S_d) for d]`` → ``(N, 1)`` (``head=True``) or ``(N, C_last)``.
 """
 
 from __future__ import annotations
@@ -30,7 +26,7 @@ from torch import nn
 from tlk_components.utils.errors import ConfigError
 from tlk_components.utils.validation import check_in_range, check_positive_int, look_up_option
 
-__all__ = ["DomainDiscriminator", "MultiScaleDomainDiscriminator"]
+__all__ = ["MultiScaleDomainDiscriminator"]
 
 
 class MultiScaleDomainDiscriminator(nn.Module):
@@ -46,6 +42,9 @@ class MultiScaleDomainDiscriminator(nn.Module):
         norm: ``"instance"`` (default), ``"batch"`` or ``"none"``.
         head: True (default): a linear layer maps the pooled channels to one logit; False: TLK's form.
         dropout: dropout before the head, in [0, 1) (default 0).
+
+    The weights are initialised from a fork of torch's global RNG (seeded by it, not advancing it), so building a
+    discriminator that is then left unused does not change the rest of a seeded run.
 
     Raises:
         ConfigError: empty ``in_channels``, a ``strides`` list of another length, or bad ranges.
@@ -83,9 +82,15 @@ class MultiScaleDomainDiscriminator(nn.Module):
         dropout = check_in_range("dropout", dropout, 0.0, 0.999)
         norm_arg = None if norm == "none" else (norm, {"affine": True}) if norm == "instance" else norm
         self.strides = strides
+        # weights drawn from a fork of the global RNG: building a discriminator that the loss weights then leave
+        # out (TransferrableModel drops it) must not shift the data order or augmentation of the run
+        with torch.random.fork_rng(devices=[]):
+            self._build(spatial_dims, base_channels, norm_arg, head, dropout)
+
+    def _build(self, spatial_dims: int, base_channels: int, norm_arg: object, head: bool, dropout: float) -> None:
         stages = []
         prev = 0
-        for d, (c_in, s) in enumerate(zip(self.in_channels, strides, strict=True)):
+        for d, (c_in, s) in enumerate(zip(self.in_channels, self.strides, strict=True)):
             c_out = base_channels * (d + 1)
             stages.append(
                 nn.Sequential(
@@ -143,44 +148,3 @@ class MultiScaleDomainDiscriminator(nn.Module):
             x = stage(f)
         x = self.dropout(torch.flatten(self.pool(x), 1))
         return self.head(x) if self.head is not None else x
-
-
-class DomainDiscriminator(nn.Module):
-    """MLP domain discriminator for feature vectors (TLlib ``DomainDiscriminator``, returning logits).
-
-    ``Linear(F, h) → BN → ReLU → Linear(h, h) → BN → ReLU → Linear(h, 1)``; with ``batch_norm=False`` Dropout(0.5)
-    replaces BatchNorm. Feature maps ``(N, C, *S)`` are average-pooled to ``(N, C)`` first.
-
-    Args:
-        in_feature: F >= 1.
-        hidden_size: h >= 1 (default 256).
-        batch_norm: default True.
-
-    Example:
-        >>> DomainDiscriminator(8, 16)(torch.zeros(4, 8)).shape
-        torch.Size([4, 1])
-    """
-
-    def __init__(self, in_feature: int, hidden_size: int = 256, batch_norm: bool = True) -> None:
-        super().__init__()
-        f = check_positive_int("in_feature", in_feature)
-        h = check_positive_int("hidden_size", hidden_size)
-
-        def block(i: int, o: int) -> list[nn.Module]:
-            mid: nn.Module = nn.BatchNorm1d(o) if batch_norm else nn.Dropout(0.5)
-            return [nn.Linear(i, o), mid, nn.ReLU(inplace=True)]
-
-        self.in_feature = f
-        self.net = nn.Sequential(*block(f, h), *block(h, h), nn.Linear(h, 1))
-
-    def forward(self, x: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-        """Logits ``(N, 1)``; a list input uses its last (deepest) map."""
-        if isinstance(x, list | tuple):
-            x = x[-1]
-        if x.ndim > 2:
-            x = x.flatten(2).mean(-1)
-        if x.shape[1] != self.in_feature:
-            raise ValueError(
-                f"features have {x.shape[1]} channels; this discriminator expects in_feature={self.in_feature}"
-            )
-        return self.net(x)

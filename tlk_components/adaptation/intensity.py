@@ -21,7 +21,6 @@ are not fed aligned images.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -38,7 +37,7 @@ from monai.transforms import Identityd, MapTransform
 
 from tlk_components.data.transforms import BODY_HU
 from tlk_components.utils.errors import ConfigError, DatasetError
-from tlk_components.utils.io import atomic_write_json
+from tlk_components.utils.io import atomic_write_json, sha256_file
 from tlk_components.utils.validation import check_positive_int
 
 __all__ = [
@@ -50,7 +49,6 @@ __all__ = [
     "ensure_alignment",
     "ensure_quantile_map",
     "inference_alignment",
-    "sha256_file",
 ]
 
 logger = logging.getLogger(__name__)
@@ -229,15 +227,6 @@ class IntensityAlignd(MapTransform):
                 else (np.asarray(x, dtype=np.float32) * np.float32(self.scale) + np.float32(self.shift))
             )
         return d
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _read_params(path: Path) -> dict[str, Any]:

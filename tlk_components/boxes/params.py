@@ -48,7 +48,7 @@ def _float_list(name: str, value: Any, low: float | None = None, low_inclusive: 
 class BoxParams:
     """Anchor boxes, matching thresholds and target-map shapes of a 2-D box detector.
 
-    The source document's ``BoundingBox(image_shape, classes, c, anchor_shapes, anchor_scales, anchor_ratios,
+    The tutorial's ``BoundingBox(image_shape, classes, c, anchor_shapes, anchor_scales, anchor_ratios,
     iou_upper, iou_lower, iou_nms, box_padding, separate_maps)`` re-implemented as a plain, validated object.
     Anchor side lengths at level ``c`` are ``base * 2**(i/3)`` for every scale exponent ``i``, stretched by every
     aspect ratio ``r = extent_axis1 / extent_axis0`` at constant area (``h = s / sqrt(r)``, ``w = s * sqrt(r)``).

@@ -4,7 +4,7 @@
 CT intensity scaling (windowing or min-max) and the class count and organ names of a multi-organ dataset.
 Inference input lists, sliding-window inference and NIfTI writing with the input's affine and header (the source
 lecture's ``nib.Nifti1Image(pred, img.affine, img.header)``) are shared with ``kidney_ct_da_segmentation`` in
-:mod:`tlk_components.engines.seg_inference`; the ``--saliency true`` flag parser is
+:mod:`tlk_components.engines.inference.segmentation`; the ``--saliency true`` flag parser is
 :func:`tlk_components.utils.parse_flag`.
 
 Two intensity options for ``abdomen_ct_attention_segmentation`` (``intensity_mode`` in the configs):
@@ -225,7 +225,7 @@ def inference_datalist(
     (``RawData/Testing/img``). Any other ``input_dir`` is read as given and nothing is written.
 
     Args:
-        input_dir: folder of CT volumes (see :func:`tlk_components.engines.seg_inference.input_datalist`).
+        input_dir: folder of CT volumes (see :func:`tlk_components.data.inputs.input_datalist`).
         dataset_dir: the config's dataset folder (``input_dir`` defaults to its ``imagesTs``).
         demo_dir: the bundle's demo folder (``<bundle_root>/demo_data``).
 
@@ -236,7 +236,7 @@ def inference_datalist(
         DatasetError: ``input_dir`` missing or without images (see ``input_datalist``), or the demo cannot be written.
     """
     from tlk_components.data.btcv import detect_layout
-    from tlk_components.engines.seg_inference import input_datalist
+    from tlk_components.data.inputs import input_datalist
     from tlk_components.utils.errors import DatasetError
 
     inp, data, demo = Path(input_dir), Path(dataset_dir), Path(demo_dir)
@@ -244,11 +244,12 @@ def inference_datalist(
     if default_input and data.resolve() == demo.resolve():
         target = demo if _can_write(demo) else demo_cache_dir()
         if not (target / "imagesTs").is_dir() or not any((target / "imagesTs").glob("*.nii*")):
-            from tlk_components.zoo.datasets import write_demo_dataset
+            from tlk_components.data.btcv import write_demo
+            from tlk_components.data.datasets import write_demo_dataset
 
             if target != demo:
                 logger.warning(f"bundle folder {demo.parent} is read-only: writing the demo data into {target}")
-            write_demo_dataset(BUNDLE, target)
+            write_demo_dataset(BUNDLE, write_demo, target)
         inp = target / "imagesTs"
     elif default_input and not inp.is_dir() and data.is_dir():
         try:

@@ -47,10 +47,10 @@ import torch
 from monai.transforms import NormalizeIntensity
 from scipy import ndimage
 
+from tlk_components.data.datasets import DatasetReport
 from tlk_components.data.nifti_checks import count_nonfinite, load_nifti, save_nifti
 from tlk_components.utils.errors import ConfigError, DatasetError
 from tlk_components.utils.validation import check_in_range, check_positive_int
-from tlk_components.zoo.datasets import DatasetReport
 
 __all__ = [
     "BRATS_LABELS",
@@ -331,17 +331,13 @@ def check_cases(
         DatasetError: a bad case without ``skip_bad_cases`` (every bad case listed, with the fix), no case folder,
             or no good case left.
     """
+    from tlk_components.data.datasets import ensure_demo
     from tlk_components.utils.io import atomic_write_json
     from tlk_components.utils.validation import parse_flag
-    from tlk_components.zoo.datasets import write_demo_dataset
 
     skip = parse_flag("skip_bad_cases", skip_bad_cases)
     d = Path(dataset_dir)
-    if demo_dir is not None and d.resolve() == Path(demo_dir).resolve() and not (d.is_dir() and any(d.iterdir())):
-        if require_label:
-            write_demo_dataset("brats_mri_box_localization", d, size="demo")
-        else:
-            write_demo(d, size="demo")
+    ensure_demo("brats_mri_box_localization", write_demo, d, demo_dir)
     report, bad = _check_all(d, require_label)
     if not skip or not bad or len(bad) == report.n_cases:
         if bad and len(bad) == report.n_cases and skip:
@@ -741,7 +737,7 @@ class BratsVolumeDataset(torch.utils.data.Dataset):
 
 
 class BratsSliceDataset(torch.utils.data.Dataset):
-    """2-D slices of cached volumes (slice-wise training, the source document's setting).
+    """2-D slices of cached volumes (slice-wise training, as the box-localization tutorial).
 
     Args:
         data: datalist from :func:`brats_datalist`.
@@ -884,8 +880,9 @@ def prepare_inputs(input_dir: str | os.PathLike, demo_dir: str | os.PathLike | N
     Raises:
         DatasetError: listing every bad case.
     """
+    from tlk_components.data.datasets import ensure_demo
+
     d = Path(input_dir)
-    if demo_dir is not None and d.resolve() == Path(demo_dir).resolve() and not (d.is_dir() and any(d.iterdir())):
-        write_demo(d, size="demo")
+    ensure_demo("brats_mri_box_localization", write_demo, d, demo_dir)
     verify_dataset(d, require_label=False).raise_if_bad()
     return str(d)

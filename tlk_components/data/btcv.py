@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tlk_components.data.datasets import DatasetReport
 from tlk_components.data.nifti_checks import CasePair, check_folder_not_empty, check_pairs, save_nifti
 from tlk_components.data.phantoms import BTCV_LABELS, PhantomStyle, generate_phantom
 from tlk_components.utils.errors import ConfigError, DatasetError
 from tlk_components.utils.io import atomic_write_json
 from tlk_components.utils.validation import look_up_option
-from tlk_components.zoo.datasets import DatasetReport
 
 __all__ = [
     "BTCV_CLASS_NAMES",

@@ -66,10 +66,10 @@ import numpy as np
 import torch
 from monai.transforms import Transform
 
+from tlk_components.data.datasets import DatasetReport
 from tlk_components.utils.errors import ConfigError, DatasetError
 from tlk_components.utils.io import atomic_write_json, atomic_write_text
 from tlk_components.utils.validation import check_in_range
-from tlk_components.zoo.datasets import DatasetReport
 
 __all__ = [
     "CSV_HEADER",
@@ -603,7 +603,7 @@ def prepare_training_data(
 ) -> str:
     """The training ``initialize`` step: write the demo when ``dataset_dir`` is the empty demo folder, then check.
 
-    Like :func:`tlk_components.zoo.prepare_dataset`, plus the config's ``in_channels`` and ``image_size`` checked
+    Like :func:`tlk_components.data.registry.prepare_dataset`, plus the config's ``in_channels`` and ``image_size`` checked
     against every image, before any compute.
 
     Returns:
@@ -613,11 +613,10 @@ def prepare_training_data(
         DatasetError: the folder is missing or the dataset fails :func:`verify_dataset` (every problem listed).
         ConfigError: a malformed ``image_size``.
     """
-    from tlk_components.zoo.datasets import write_demo_dataset
+    from tlk_components.data.datasets import ensure_demo
 
     d = Path(dataset_dir)
-    if demo_dir is not None and d.resolve() == Path(demo_dir).resolve() and not (d.is_dir() and any(d.iterdir())):
-        write_demo_dataset("cotraining_classification", d)
+    ensure_demo("cotraining_classification", write_demo, d, demo_dir)
     if not d.is_dir():
         raise DatasetError(
             f"dataset_dir {d} does not exist; point --dataset_dir at your two-view dataset, or run `python -m "
@@ -646,9 +645,10 @@ def prepare_inference_input(
         DatasetError: the CSV is missing or malformed, image files are missing or unreadable, or their channels or
             sizes do not fit the config (every one listed).
     """
+    from tlk_components.data.datasets import ensure_demo
+
     d = Path(input_dir)
-    if demo_dir is not None and d.resolve() == Path(demo_dir).resolve() and not (d.is_dir() and any(d.iterdir())):
-        write_demo(d)
+    ensure_demo("cotraining_classification", write_demo, d, demo_dir)
     v0, v1, _ = read_pairs_csv(d / SAMPLES_NAME)
     missing = [f"{os.path.relpath(p, d)}: image file missing" for p in v0 + v1 if not os.path.isfile(p)]
     if missing:

@@ -44,12 +44,12 @@ from tlk_components.data.adult_phantoms import (
     write_case,
 )
 from tlk_components.data.btcv import label_names, msd_pairs, read_dataset_json
+from tlk_components.data.datasets import DatasetReport
 from tlk_components.data.nifti_checks import CasePair, check_folder_not_empty, check_pairs
 from tlk_components.data.phantoms import AMOS_LABELS, KITS_LABELS
 from tlk_components.utils.errors import ConfigError, DatasetError
 from tlk_components.utils.io import atomic_write_json
 from tlk_components.utils.validation import check_in_range, look_up_option
-from tlk_components.zoo.datasets import DatasetReport
 
 logger = logging.getLogger(__name__)
 

@@ -36,10 +36,10 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from tlk_components.data.datasets import DatasetReport
 from tlk_components.utils.errors import ConfigError, DatasetError
 from tlk_components.utils.io import atomic_write_bytes
 from tlk_components.utils.validation import check_in_range, check_positive_int, look_up_option
-from tlk_components.zoo.datasets import DatasetReport
 
 __all__ = [
     "IDX_FILES",
@@ -246,7 +246,7 @@ def verify_dataset(dataset_dir: str | os.PathLike) -> DatasetReport:
         dataset_dir: the folder to check.
 
     Returns:
-        A :class:`~tlk_components.zoo.datasets.DatasetReport` (``n_cases`` = number of images found).
+        A :class:`~tlk_components.data.datasets.DatasetReport` (``n_cases`` = number of images found).
     """
     report = DatasetReport(str(dataset_dir), fix=_FIX_FILES)
     d = Path(dataset_dir)

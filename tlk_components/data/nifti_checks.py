@@ -2,7 +2,7 @@
 """Integrity checks for image/label NIfTI pairs, and atomic NIfTI writing.
 
 Used by every CT data module before any compute. Each check adds one line per problem to a
-:class:`~tlk_components.zoo.datasets.DatasetReport` and goes on, so the user sees every bad case at once:
+:class:`~tlk_components.data.datasets.DatasetReport` and goes on, so the user sees every bad case at once:
 
 * a missing label for an image (or a missing image),
 * an unreadable or truncated ``.nii.gz``,
@@ -34,8 +34,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from tlk_components.data.datasets import DatasetReport
 from tlk_components.utils.io import atomic_write_bytes
-from tlk_components.zoo.datasets import DatasetReport
 
 __all__ = [
     "MAX_SPACING_MM",

@@ -10,9 +10,9 @@ bladder and prostate/uterus, plus optional exophytic kidney tumours.
 
 Every visual property that differs between public datasets (contrast phase through the organ HU values,
 noise, blur, voxel spacing, intensity scale/offset as from a different reconstruction, on-disk orientation,
-tumours, shape variability) is a field of :class:`PhantomStyle`. The construction follows the calibration
-phantoms of ``../shared/reference/domain_adaptation.md`` sections 8-9 (texture, then blur, then noise; bean
-kidneys with hilum and perirenal fat; size +-15 %, tilt 5-25 degrees).
+tumours, shape variability) is a field of :class:`PhantomStyle`. Construction order, as in CT calibration
+phantoms: tissue texture first, then the scanner's blur, then noise; kidneys are bean-shaped with a hilum and
+perirenal fat, their size varies by +-15 % and their long axis is tilted 5-25 degrees.
 
 Example:
     >>> ph = generate_phantom(PhantomStyle(), seed=0, case_index=0)

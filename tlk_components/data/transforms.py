@@ -3,8 +3,9 @@
 
 * :class:`CTNormalized` - nnU-Net's "CT" normalisation with dataset-wide statistics: clip to the foreground
   0.5/99.5 percentiles, then z-score with the foreground mean and std. For domain adaptation the statistics
-  come from the **source** foreground and are applied to both domains (TLK's recipe,
-  ``../shared/reference/domain_adaptation.md`` section 1.4). Values are read from ``plans.json``
+  come from the **source** foreground and are applied to both domains (TLK's recipe: the target is normalised
+  with the statistics of the domain the network was trained on; Isensee et al., nnU-Net, Nature Methods 2021,
+  for the CT scheme). Values are read from ``plans.json``
   (:mod:`tlk_components.data.plan`) or given explicitly.
 * :class:`CompactFgBgIndicesd` - the foreground/background sampling indices of a label for MONAI's
   ``RandCropByPosNegLabeld``, compact enough to cache: ``int32`` foreground indices and an evenly strided subset of
@@ -18,22 +19,59 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform
+from monai.transforms import Compose, MapTransform
 
 from tlk_components.utils.errors import ConfigError
 from tlk_components.utils.validation import check_positive_int
 
-__all__ = ["BODY_HU", "CTNormalized", "CompactFgBgIndicesd", "KidneyFromAmosd", "load_normalization", "select_body"]
+__all__ = [
+    "BODY_HU",
+    "CTNormalized",
+    "CompactFgBgIndicesd",
+    "KidneyFromAmosd",
+    "chain",
+    "load_normalization",
+    "select_body",
+]
 
 #: CT voxels above this value (HU) are the body (fat, soft tissue, bone, contrast); air and lung lie below.
 BODY_HU = -500.0
+
+
+def chain(parts: Sequence[Callable | Sequence[Callable]]) -> Compose:
+    """One ``Compose`` of ``parts`` in order: transforms, lists of transforms and ``Compose`` objects (flattened).
+
+    How a config composes pipelines from named pieces without list arithmetic in ``$`` expressions, e.g. the
+    kidney bundle's ``[load, align, resample, label map]``: an optional step is a part, not a slice.
+
+    Args:
+        parts: each a transform, a list/tuple of transforms, or a ``Compose`` (its ``transforms`` are taken).
+
+    Returns:
+        ``Compose`` of the flattened transforms (MONAI's defaults).
+
+    Raises:
+        ConfigError: a part that is not callable.
+
+    Example:
+        >>> chain([[select_body], Compose([abs])]).transforms == (select_body, abs)
+        True
+    """
+    flat: list[Callable] = []
+    for i, part in enumerate(parts):
+        items = part.transforms if isinstance(part, Compose) else part if isinstance(part, list | tuple) else [part]
+        for t in items:
+            if not callable(t):
+                raise ConfigError(f"chain: parts[{i}] holds {type(t).__name__}, not a transform")
+            flat.append(t)
+    return Compose(flat)
 
 
 def select_body(x: torch.Tensor | np.ndarray, threshold_hu: float = BODY_HU) -> torch.Tensor | np.ndarray:

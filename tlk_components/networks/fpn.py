@@ -1,5 +1,5 @@
 # Copyright (c) TLK Model Zoo contributors. Licensed under the Apache License, Version 2.0.
-"""The source document's feature pyramid network with RetinaNet heads, for slice-wise box localization.
+"""A feature pyramid network with RetinaNet heads, for slice-wise box localization.
 
 Architecture (CS190 box-localization tutorial; Lin et al. 2017 FPN/RetinaNet):
 

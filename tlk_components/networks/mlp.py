@@ -1,5 +1,5 @@
 # Copyright (c) TLK Model Zoo contributors. Licensed under the Apache License, Version 2.0.
-"""Multi-layer perceptrons for 28x28 digit classification (source document 002).
+"""Multi-layer perceptrons for 28x28 digit classification (the MNIST bundle's networks).
 
 Three ways to build the same network, which the tests prove equivalent (same parameter shapes; same outputs
 given the same weights):
@@ -56,7 +56,7 @@ def check_dims(dims: Sequence[int], name: str = "dims") -> list[int]:
 
 
 class FixedMLP(nn.Module):
-    """The fixed 784-32-32-32-10 MLP of the source document: input layer, two hidden layers, output layer.
+    """The fixed 784-32-32-32-10 MLP of the MNIST tutorial the bundle reproduces: input layer, two hidden layers, output layer.
 
     ``y = W4 relu(W3 relu(W2 relu(W1 flatten(x) + b1) + b2) + b3) + b4``
 

@@ -1,7 +1,7 @@
 # Copyright (c) TLK Model Zoo contributors. Licensed under the Apache License, Version 2.0.
 """Both co-training view classifiers as one module, with their ensemble as its output.
 
-Co-training (:mod:`tlk_components.engines.cotraining`) trains one classifier per view; this module holds the pair
+Co-training (:mod:`tlk_components.engines.trainers.cotraining`) trains one classifier per view; this module holds the pair
 so that a bundle has a single ``network_def`` and a single ``models/model.pt`` (state dict keys ``view0.*`` and
 ``view1.*``), which MONAI's ``verify_net_in_out`` and ``ckpt_export`` (TorchScript) can check.
 

@@ -11,7 +11,7 @@ The lecture uses neither bias nor normalisation (``bias=False, batchnorm=False``
 Deviation: the lecture's last layer (``dc0``) is built with its ``decoder`` helper and so ends in a ReLU; here the
 1x1x1 head outputs raw logits (a ReLU would clip every negative class score to 0 before the softmax).
 
-Module names (used to pick a Grad-CAM layer, see :mod:`tlk_components.engines.saliency`)::
+Module names (used to pick a Grad-CAM layer, see :mod:`tlk_components.engines.inference.saliency`)::
 
     encoders.<i>      i = 0 (full resolution) .. L-2: the two convolutions (+ SE) of level i, before pooling
     bottleneck        the two convolutions (+ SE) of the coarsest level
@@ -21,7 +21,7 @@ Module names (used to pick a Grad-CAM layer, see :mod:`tlk_components.engines.sa
 
 :class:`AttentionUNet3D` is :class:`monai.networks.nets.AttentionUnet` with its arguments checked when the config
 is parsed (MONAI fails later, inside ``forward``, with a shape error). Its gate coefficients are the outputs of
-the ``*.attention.psi`` modules, recorded by :class:`tlk_components.engines.saliency.AttentionGateRecorder`.
+the ``*.attention.psi`` modules, recorded by :class:`tlk_components.engines.inference.saliency.AttentionGateRecorder`.
 
 References:
     Çiçek et al. "3D U-Net: Learning Dense Volumetric Segmentation from Sparse Annotation". MICCAI 2016.

@@ -7,6 +7,7 @@ destroys the previous version of that file.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -30,7 +31,17 @@ __all__ = [
     "load_state_dict_checked",
     "load_weights",
     "move_aside",
+    "sha256_file",
 ]
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in ``chunk``-byte blocks (default 1 MiB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def ensure_output_dir(path: str | os.PathLike) -> str:

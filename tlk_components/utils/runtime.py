@@ -74,7 +74,8 @@ def configure_threads(num_threads: int | None = None) -> int:
     Inter-op threads are set to 1 once (torch forbids changing them after the first parallel op).
 
     Args:
-        num_threads: >= 1, or None / 0 for the default.
+        num_threads: >= 1, or None (the bundles' ``"num_threads": null``) / 0 for the default. This is the one
+            place the default is decided.
 
     Returns:
         The thread count now in effect.
@@ -262,8 +263,8 @@ def _key_hashes(path: Path) -> dict[str, str]:
 def run_fingerprint(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """What makes a training run "the same run" for resuming: its config settings and its overrides.
 
-    Recorded in the last checkpoint by :class:`~tlk_components.engines.checkpoint.AtomicCheckpointSaver` and compared
-    by :class:`~tlk_components.engines.checkpoint.ResumeFromLast`. Left out, because changing them continues the
+    Recorded in the last checkpoint by :class:`~tlk_components.engines.handlers.checkpoint.AtomicCheckpointSaver` and compared
+    by :class:`~tlk_components.engines.handlers.checkpoint.ResumeFromLast`. Left out, because changing them continues the
     same run: the keys in :data:`RESUMABLE_OVERRIDES` (``epochs``, ``learning_rate``, ``device``, ``ckpt_dir`` (a
     moved checkpoint folder) ...), whether given on the command line or edited in the config file; the code lists
     ``imports``/``initialize``/``run``/``finalize``; and ``multi_gpu*`` config files. Paths given as overrides

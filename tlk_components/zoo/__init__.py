@@ -1,5 +1,5 @@
 # Copyright (c) TLK Model Zoo contributors. Licensed under the Apache License, Version 2.0.
-"""Zoo operations: bundle registry, dataset preparation, metadata validation (and verify/package/download).
+"""Zoo operations: bundle registry, metadata validation, verify, package, download (datasets: ``tlk_components.data``).
 
 ``load``, ``list_bundles_info`` and the ``large_files`` functions are imported on first use (they pull in torch
 and MONAI's config parser, which bundle configs importing this package for ``infer_bundle_root`` do not need).
@@ -10,8 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from tlk_components.zoo.datasets import DatasetReport, prepare_dataset
-from tlk_components.zoo.registry import bundles_dir, find_bundle, get_data_module, infer_bundle_root, list_bundles
+from tlk_components.zoo.registry import bundles_dir, find_bundle, infer_bundle_root, list_bundles
 
 #: name -> module, for the exports imported on first use.
 _LAZY = {
@@ -27,19 +26,16 @@ _LAZY = {
 
 __all__ = [
     "BundleLoadError",
-    "DatasetReport",
     "LargeFile",
     "bundles_dir",
     "check_large_files",
     "default_bundle_dir",
     "fetch_large_files",
     "find_bundle",
-    "get_data_module",
     "infer_bundle_root",
     "list_bundles",
     "list_bundles_info",
     "load",
-    "prepare_dataset",
     "read_large_files",
 ]
 

@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tlk_components.data.registry import DATA_MODULES
 from tlk_components.utils.errors import TLKError
 from tlk_components.zoo.download import (
     DEFAULT_TIMEOUT,
@@ -32,7 +33,7 @@ from tlk_components.zoo.download import (
     requirement_problems,
 )
 from tlk_components.zoo.package import weight_files
-from tlk_components.zoo.registry import DATA_MODULES, list_bundles
+from tlk_components.zoo.registry import list_bundles
 
 __all__ = [
     "BundleLoadError",

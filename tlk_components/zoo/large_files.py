@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from tlk_components.zoo.download import DEFAULT_TIMEOUT, DownloadError, _copy_url
+from tlk_components.zoo.transport import DEFAULT_TIMEOUT, DownloadError, _copy_url
 
 __all__ = [
     "HASH_TYPES",

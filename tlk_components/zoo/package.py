@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import tempfile
@@ -48,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from tlk_components.utils.errors import TLKError
-from tlk_components.utils.io import atomic_write_json
+from tlk_components.utils.io import atomic_write_json, sha256_file
 from tlk_components.zoo.registry import find_bundle
 from tlk_components.zoo.verify import STATIC_CHECKS, verify_bundle
 
@@ -60,7 +59,6 @@ __all__ = [
     "bundle_files",
     "package_bundle",
     "package_cmd",
-    "sha256_file",
     "weight_files",
     "write_bundle_zip",
 ]
@@ -82,15 +80,6 @@ _ZIP64_AT = 1 << 30  # files above 1 GiB get zip64 headers (zipfile refuses to g
 
 class PackageError(TLKError):
     """A bundle cannot be packaged (failed verification, or a released version would change)."""
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def bundle_files(bundle_dir: str | os.PathLike) -> list[Path]:

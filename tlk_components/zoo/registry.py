@@ -1,45 +1,33 @@
 # Copyright (c) TLK Model Zoo contributors. Licensed under the Apache License, Version 2.0.
-"""Where bundles live and which data module serves each.
+"""Where bundles live: a bundle is a folder ``<bundles>/<name>/`` with ``configs/metadata.json``.
 
-A bundle is a folder ``bundles/<name>/`` with ``configs/metadata.json``. Its data module (demo writer and
-dataset checker) is registered in :data:`DATA_MODULES`. A data module is any module with two functions::
-
-    def write_demo(out_dir: str | Path, size: str = "demo", seed: int = 0) -> Path
-        # size: "demo" (the bundle's default demo dataset) or "tiny" (for tests); deterministic per seed.
-    def verify_dataset(dataset_dir: str | Path) -> DatasetReport
-        # checks the whole dataset before any compute and lists every bad case.
+Each bundle's data module (demo writer and dataset checker) is registered in
+:data:`tlk_components.data.registry.DATA_MODULES`.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shlex
 import sys
 from pathlib import Path
-from types import ModuleType
 
 from tlk_components.utils.errors import ConfigError
 
-__all__ = ["DATA_MODULES", "bundles_dir", "find_bundle", "get_data_module", "infer_bundle_root", "list_bundles"]
+__all__ = ["CHECKOUT_BUNDLES", "bundles_dir", "find_bundle", "infer_bundle_root", "list_bundles"]
 
-#: bundle name -> module providing ``write_demo`` and ``verify_dataset``.
-DATA_MODULES: dict[str, str] = {
-    "mnist_mlp_classification": "tlk_components.data.mnist",
-    "kidney_ct_da_segmentation": "tlk_components.data.kidney",
-    "brats_mri_box_localization": "tlk_components.data.brats",
-    "cotraining_classification": "tlk_components.data.cotraining",
-    "abdomen_ct_attention_segmentation": "tlk_components.data.btcv",
-}
+
+#: The ``bundles/`` folder of the checkout this package was installed from (``pip install -e .``); the one place
+#: the library knows the repository layout. Other installs point ``TLK_BUNDLES_DIR`` at a bundles folder or pass
+#: bundle folders explicitly.
+CHECKOUT_BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 
 
 def bundles_dir() -> Path:
-    """The folder holding the bundles: env ``TLK_BUNDLES_DIR``, else ``<repo>/bundles`` next to the package."""
+    """The folder holding the bundles: env ``TLK_BUNDLES_DIR``, else :data:`CHECKOUT_BUNDLES`."""
     env = os.environ.get("TLK_BUNDLES_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "bundles"
+    return Path(env) if env else CHECKOUT_BUNDLES
 
 
 def list_bundles(root: str | os.PathLike | None = None) -> dict[str, Path]:
@@ -62,20 +50,11 @@ def find_bundle(name_or_path: str | os.PathLike) -> Path:
     known = list_bundles()
     if str(name_or_path) in known:
         return known[str(name_or_path)]
+    where = f" in {bundles_dir()}" if known else f"; no bundles found in {bundles_dir()} (set TLK_BUNDLES_DIR)"
     raise ConfigError(
-        f"unknown bundle {str(name_or_path)!r}: expected one of {sorted(known)} or a folder with configs/metadata.json"
+        f"unknown bundle {str(name_or_path)!r}: expected one of {sorted(known)}{where} or a folder with "
+        "configs/metadata.json"
     )
-
-
-def get_data_module(bundle: str) -> ModuleType:
-    """Import the data module registered for ``bundle``.
-
-    Raises:
-        ConfigError: the bundle has no registered data module (lists those that have one).
-    """
-    if bundle not in DATA_MODULES:
-        raise ConfigError(f"no data module registered for bundle {bundle!r}; known: {sorted(DATA_MODULES)}")
-    return importlib.import_module(DATA_MODULES[bundle])
 
 
 def _config_file_from_argv(argv: list[str]) -> str | None:

@@ -62,7 +62,7 @@ import torch
 from tlk_components.utils.errors import TLKError
 from tlk_components.utils.io import atomic_torch_save, load_weights
 from tlk_components.zoo.metadata import metadata_errors
-from tlk_components.zoo.registry import find_bundle, list_bundles
+from tlk_components.zoo.registry import CHECKOUT_BUNDLES, find_bundle, list_bundles
 
 __all__ = [
     "ALL_CHECKS",
@@ -138,8 +138,6 @@ STATIC_CHECKS: tuple[str, ...] = (
 CODE_CHECKS: tuple[str, ...] = ("net_in_out", "torchscript", "properties")
 #: All checks, in report order: the static ones, then those that build the networks and the workflows.
 ALL_CHECKS: tuple[str, ...] = (*STATIC_CHECKS, *CODE_CHECKS)
-#: This checkout's own bundles: the only ones whose code checks run without ``trust=True``.
-CHECKOUT_BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 #: How MONAI words the risk of parsing a config (monai.bundle.scripts; GHSA-873f-pvrv-4x83).
 _TRUST_ADVISORY = "https://github.com/Project-MONAI/MONAI/security/advisories/GHSA-873f-pvrv-4x83"
 
@@ -157,7 +155,7 @@ _OVERRIDE_FILES = ("evaluate.json", "multi_gpu_train.json")
 _DIST_MARKERS = (
     (
         ("init_distributed", "init_process_group"),
-        "initialise the process group (tlk_components.engines.distributed.init_distributed: NCCL on GPU, gloo on CPU)",
+        "initialise the process group (tlk_components.utils.distributed.init_distributed: NCCL on GPU, gloo on CPU)",
     ),
     (("DistributedDataParallel",), "wrap the network in torch.nn.parallel.DistributedDataParallel"),
     (
@@ -804,7 +802,7 @@ def _check_weights(path: Path, res: CheckResult) -> None:
             res.problems.append(str(e))
     weights = path / "models" / "model.pt"
     if weights.is_file():
-        from tlk_components.zoo.package import sha256_file
+        from tlk_components.utils.io import sha256_file
 
         res.detail = f"models/model.pt (sha256 {sha256_file(weights)[:12]}…) is what the network checks load"
     else:
@@ -834,7 +832,7 @@ def _workflow_sandbox(path: Path) -> Any:
 
     Yields the overrides that point a bundle config at it: ``dataset_dir``, ``output_dir``, ``ckpt_dir``.
     """
-    from tlk_components.zoo.registry import get_data_module
+    from tlk_components.data.registry import get_data_module
 
     with tempfile.TemporaryDirectory(prefix="tlk_verify_props_") as tmp:
         root = Path(tmp)

@@ -249,3 +249,33 @@ def test_body_crop_before_resampling_matches_resampling_first(demo: Path) -> Non
     assert abs(body_ours - body_ref) <= 0.02 * body_ref
     kidney_ours, kidney_ref = (int(np.isin(np.asarray(d["label"]), [2, 3]).sum()) for d in (ours, reference))
     assert kidney_ref > 0 and abs(kidney_ours - kidney_ref) <= 0.02 * kidney_ref
+
+
+@pytest.mark.parametrize("extra", [(), ("pretrain.json",), ("oracle.json",), ("evaluate.json",)])
+def test_every_stage_writes_the_demo_on_first_use_then_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: tuple[str, ...]
+) -> None:
+    """A fresh bundle folder: each stage's ``initialize`` writes the demo into the empty demo folder before any
+    datalist is read (the datalists of the plan and the alignment are resolved only after that), then plans and
+    aligns on it. Tiny phantoms stand in for the default demo size."""
+    from functools import partial
+
+    from monai.bundle import ConfigWorkflow
+
+    monkeypatch.setattr(kidney, "write_demo", partial(kidney.write_demo, size="tiny"))
+    data = tmp_path / "demo_data"
+    overrides = {
+        "dataset_dir": str(data),
+        "demo_dir": str(data),
+        "ckpt_dir": str(tmp_path / "models"),
+        "output_dir": str(tmp_path / "eval"),
+        "plan_max_patch_voxels": 16**3,
+        "plan_memory_voxels": 4 * 16**3,
+        "num_threads": 1,
+    }
+    files = [str(CONFIGS / "train.json"), *(str(CONFIGS / e) for e in extra)]
+    workflow = ConfigWorkflow(config_file=files, workflow_type="train", **overrides)
+    workflow.initialize()
+    assert (data / "amos22" / "dataset.json").is_file() and any((data / "kits19").glob("case_*"))
+    assert (tmp_path / "models" / "plans.json").is_file()
+    assert (tmp_path / "models" / "intensity_alignment.json").is_file()

@@ -116,7 +116,6 @@ def prepare_domains(
 
 def prepare_stage(
     dataset_dir: str | os.PathLike,
-    demo_dir: str | os.PathLike,
     source_dir: str | os.PathLike,
     target_dir: str | os.PathLike,
     plans_file: str | os.PathLike,
@@ -125,19 +124,18 @@ def prepare_stage(
     source_train_list: Sequence[Mapping[str, str]],
     target_train_list: Sequence[Mapping[str, str]],
     align_intensity: bool = True,
-    target_labels: bool = False,
     quantile_map_file: str | os.PathLike | None = None,
 ) -> str:
-    """The ``initialize`` step every kidney stage runs (pretraining, adaptation, oracle, evaluation).
+    """The ``initialize`` step every kidney stage runs after :func:`prepare_domains`: what is fitted on the data.
 
-    In order: :func:`prepare_domains` (demo on first use, both domains verified; target labels only when
-    ``target_labels``), the plan (``plans.json``, :func:`tlk_components.data.plan.ensure_plans` with
-    ``plan_settings``), the label-free intensity alignment of the target to the source
-    (:func:`tlk_components.adaptation.intensity.ensure_alignment`, when ``align_intensity``) and, for the
-    histogram-matching baseline, the quantile map (when ``quantile_map_file`` is given).
+    In order: the plan (``plans.json``, :func:`tlk_components.data.plan.ensure_plans` with ``plan_settings``), the
+    label-free intensity alignment of the target to the source (:func:`tlk_components.adaptation.intensity.
+    ensure_alignment`, when ``align_intensity``) and, for the histogram-matching baseline, the quantile map (when
+    ``quantile_map_file`` is given). Each is written once and reused. A separate step from
+    :func:`prepare_domains` because its datalists can only be read once the demo data exist.
 
     Args:
-        dataset_dir, demo_dir, source_dir, target_dir: see :func:`prepare_domains`.
+        dataset_dir, source_dir, target_dir: see :func:`prepare_domains`.
         plans_file: where the plan is (written when missing).
         plan_settings: keyword arguments of :func:`tlk_components.data.plan.plan` (``max_patch_voxels``,
             ``memory_voxels``).
@@ -145,21 +143,16 @@ def prepare_stage(
         source_train_list, target_train_list: the datalists the alignment and quantile map are fitted on (the
             target's images only).
         align_intensity: fit (and later apply) the alignment. Default True.
-        target_labels: verify the target labels too (oracle, evaluation). Default False (label-free).
         quantile_map_file: the histogram-matching map, fitted when missing; None (default): not needed.
 
     Returns:
-        ``dataset_dir`` as a string.
-
-    Raises:
-        DatasetError: a bad case in either domain (every one listed).
+        ``plans_file`` as a string.
     """
-    prepare_domains(dataset_dir, demo_dir, source_dir, target_dir, target_labels=target_labels)
     ensure_plans(dataset_dir, plans_file, source_dir=source_dir, target_dir=target_dir, **dict(plan_settings))
     ensure_alignment(alignment_file, source_train_list, target_train_list, enabled=align_intensity)
     if quantile_map_file is not None:
         ensure_quantile_map(quantile_map_file, source_train_list, target_train_list)
-    return str(dataset_dir)
+    return str(plans_file)
 
 
 def model_transforms(

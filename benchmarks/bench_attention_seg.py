@@ -93,7 +93,7 @@ def sliding_window_overhead(data: Path, ckpt: Path, args: argparse.Namespace) ->
     from tlk_components.data.btcv import btcv_datalist
     from tlk_components.utils import configure_threads, load_weights
 
-    args.threads_used = configure_threads(args.threads)
+    threads = configure_threads(args.threads)
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "train.json"))
     parser.update({"dataset_dir": str(data), "bundle_root": str(BUNDLE)})
@@ -140,6 +140,7 @@ def sliding_window_overhead(data: Path, ckpt: Path, args: argparse.Namespace) ->
         "image_shape": list(image.shape[2:]),
         "roi": list(roi),
         "channels": list(parser["channels"]),
+        "threads": threads,
     }
 
 
@@ -233,7 +234,7 @@ def main() -> None:
         "epochs": args.epochs,
         "channels": sw["channels"],
         "patch_size": sw["roi"],
-        "threads": args.threads_used,
+        "threads": sw["threads"],
         "benchmark_rss_gb": round(rss_self, 3),
         "wall_s": round(time.perf_counter() - start, 1),
     }

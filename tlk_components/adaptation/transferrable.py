@@ -151,10 +151,9 @@ class TransferrableModel(nn.Module):
                     f"loss_weights[{terms[0]!r}]={self.loss_weights[terms[0]]} but no {attr} was given; pass {attr} "
                     "or set the weight to 0"
                 )
-            keep = bool(terms)
-            if keep and device is not None and isinstance(module, nn.Module):
+            if terms and device is not None and isinstance(module, nn.Module):
                 module = module.to(device)
-            setattr(self, attr, module if keep else None)
+            setattr(self, attr, module if terms else None)
         self.target_class_map = [list(g) for g in target_class_map] if target_class_map is not None else None
         needed = [g for g, t in (("encoder", "encoder_adv"), ("decoder", "decoder_adv")) if self.active(t)]
         self.taps: FeatureTaps | None = None

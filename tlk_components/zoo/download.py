@@ -49,13 +49,13 @@ from typing import IO, Any
 from tlk_components.zoo.large_files import fetch_large_files
 from tlk_components.zoo.metadata import is_prerelease, parse_version
 from tlk_components.zoo.transport import (
-    _CHUNK,
+    CHUNK,
     DEFAULT_TIMEOUT,
     DownloadError,
-    _copy_url,
-    _local_path,
-    _read_all,
-    _to_url,
+    copy_url,
+    local_path,
+    read_all,
+    to_url,
 )
 
 __all__ = [
@@ -99,8 +99,8 @@ def read_index(index: str | os.PathLike, timeout: float = DEFAULT_TIMEOUT) -> tu
     Raises:
         DownloadError: unreachable, time-out, not JSON, or not a JSON object.
     """
-    url = _to_url(index)
-    data = _read_all(url, timeout, "index")
+    url = to_url(index)
+    data = read_all(url, timeout, "index")
     try:
         obj = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -731,17 +731,17 @@ def _fetch_verified(url: str, dest_dir: Path, timeout: float, label: str) -> tup
     """
     h = hashlib.sha256()
     if urllib.parse.urlparse(url).scheme.lower() == "file":
-        path = _local_path(url)
+        path = local_path(url)
         try:
             f = open(path, "rb")  # noqa: SIM115 - returned to the caller
         except FileNotFoundError:
             raise DownloadError(f"archive of {label} {path} does not exist; the index's 'source' is wrong") from None
-        while block := f.read(_CHUNK):
+        while block := f.read(CHUNK):
             h.update(block)
     else:
         f = tempfile.TemporaryFile(dir=dest_dir)  # noqa: SIM115 - returned to the caller
         try:
-            _copy_url(url, f, timeout, f"archive of {label}", hashes=[h])
+            copy_url(url, f, timeout, f"archive of {label}", hashes=[h])
         except BaseException:
             f.close()
             raise
@@ -772,7 +772,7 @@ def _zip_requirements(f: IO[bytes], name: str) -> dict[str, Any]:
     try:
         with zipfile.ZipFile(f) as zf:
             info = zf.getinfo(f"{name}/configs/metadata.json")
-            if info.file_size > _CHUNK:  # a metadata.json is a few kB; a huge one is refused by check_archive
+            if info.file_size > CHUNK:  # a metadata.json is a few kB; a huge one is refused by check_archive
                 return {}
             meta = json.loads(zf.read(info).decode("utf-8"))
     except (KeyError, zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError):

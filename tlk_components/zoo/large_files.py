@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from tlk_components.zoo.transport import DEFAULT_TIMEOUT, DownloadError, _copy_url
+from tlk_components.zoo.transport import DEFAULT_TIMEOUT, DownloadError, copy_url
 
 __all__ = [
     "HASH_TYPES",
@@ -312,7 +312,7 @@ def _fetch_one(root: Path, lf: LargeFile, timeout: float) -> Path:
     try:
         h = hashlib.new(lf.hash_type) if lf.hash_val is not None and lf.hash_type is not None else None
         with os.fdopen(fd, "wb") as f:
-            _copy_url(lf.url, f, timeout, f"large file {lf.path} of {root.name}", hashes=[h] if h else [])
+            copy_url(lf.url, f, timeout, f"large file {lf.path} of {root.name}", hashes=[h] if h else [])
             f.flush()
             os.fsync(f.fileno())
         if h is not None and h.hexdigest() != lf.hash_val:

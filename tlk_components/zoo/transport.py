@@ -19,10 +19,10 @@ from typing import IO, Any
 
 from tlk_components.utils.errors import TLKError
 
-__all__ = ["DEFAULT_TIMEOUT", "DownloadError"]
+__all__ = ["CHUNK", "DEFAULT_TIMEOUT", "DownloadError", "copy_url", "local_path", "read_all", "to_url"]
 
 DEFAULT_TIMEOUT = 30.0
-_CHUNK = 1 << 20
+CHUNK = 1 << 20
 
 
 class DownloadError(TLKError):
@@ -33,7 +33,7 @@ class DownloadError(TLKError):
 # reading URLs and paths
 
 
-def _to_url(location: str | os.PathLike) -> str:
+def to_url(location: str | os.PathLike) -> str:
     """``http(s)://`` and ``file://`` stay; anything else is a local path (a folder means its model_info.json)."""
     text = str(location)
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text):
@@ -44,7 +44,8 @@ def _to_url(location: str | os.PathLike) -> str:
     return p.resolve().as_uri()
 
 
-def _local_path(url: str) -> Path:
+def local_path(url: str) -> Path:
+    """The local path of a ``file://`` URL."""
     parsed = urllib.parse.urlparse(url)
     return Path(urllib.request.url2pathname(parsed.path))
 
@@ -54,7 +55,7 @@ def _open(url: str, timeout: float, what: str) -> Iterator[IO[bytes]]:
     """Open ``url`` for reading; every failure becomes a :class:`DownloadError` naming the URL and the fix."""
     scheme = urllib.parse.urlparse(url).scheme.lower()
     if scheme == "file":
-        path = _local_path(url)
+        path = local_path(url)
         try:
             f = open(path, "rb")  # noqa: SIM115 - closed below
         except FileNotFoundError:
@@ -89,7 +90,8 @@ def _timeout_message(what: str, url: str, timeout: float) -> str:
     )
 
 
-def _read_all(url: str, timeout: float, what: str) -> bytes:
+def read_all(url: str, timeout: float, what: str) -> bytes:
+    """The whole content of ``url``; every failure a :class:`DownloadError` naming ``what``, the URL and the fix."""
     with _open(url, timeout, what) as f:
         try:
             return f.read()
@@ -99,7 +101,7 @@ def _read_all(url: str, timeout: float, what: str) -> bytes:
             raise DownloadError(f"{what} {url}: the transfer was cut off ({type(e).__name__}); try again") from None
 
 
-def _copy_url(url: str, dst: IO[bytes], timeout: float, what: str, hashes: Sequence[Any] = ()) -> int:
+def copy_url(url: str, dst: IO[bytes], timeout: float, what: str, hashes: Sequence[Any] = ()) -> int:
     """Stream ``url`` into the open file ``dst`` (feeding every hash object in ``hashes``); returns the byte count.
 
     Raises:
@@ -109,7 +111,7 @@ def _copy_url(url: str, dst: IO[bytes], timeout: float, what: str, hashes: Seque
     n = 0
     with _open(url, timeout, what) as src:
         try:
-            while block := src.read(_CHUNK):
+            while block := src.read(CHUNK):
                 for h in hashes:
                     h.update(block)
                 dst.write(block)

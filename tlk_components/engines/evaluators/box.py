@@ -30,12 +30,12 @@ from tlk_components.boxes.params import BoxParams
 from tlk_components.boxes.targets import mask_to_boxes
 from tlk_components.engines.evaluators.box_metrics import VolumeIoU
 from tlk_components.engines.handlers.reporting import save_bar_chart
-from tlk_components.engines.trainers.box import _plain
+from tlk_components.engines.trainers.box import plain_tensor
 from tlk_components.utils.distributed import is_rank0
 from tlk_components.utils.errors import ConfigError
 from tlk_components.utils.validation import check_positive_int
 
-__all__ = ["BoxEvaluationReport", "BoxEvaluator", "volume_boxes"]
+__all__ = ["BoxEvaluationReport", "BoxEvaluator", "scale_boxes", "volume_boxes"]
 
 
 class BoxEvaluator(SupervisedEvaluator):
@@ -103,7 +103,7 @@ class BoxEvaluator(SupervisedEvaluator):
         preds: list[dict[str, torch.Tensor]] = []
         with torch.no_grad():
             for start in range(0, image.shape[1], self.slice_batch_size):
-                x = _plain(image[0, start : start + self.slice_batch_size]).to(engine.state.device).float()
+                x = plain_tensor(image[0, start : start + self.slice_batch_size]).to(engine.state.device).float()
                 with torch.autocast("cuda", enabled=bool(engine.amp)):
                     out = engine.inferer(x, engine.network)
                 dec = self.decoder(out["classification"], out["box_regression"])
@@ -118,7 +118,8 @@ class BoxEvaluator(SupervisedEvaluator):
         return {"case": case, "pred": preds, "gt": gts}
 
 
-def _scale_boxes(boxes: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
+def scale_boxes(boxes: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
+    """``[a0_min, a1_min, a0_max, a1_max]`` boxes ``(D, 4)`` from the resized slice to the original in-plane grid."""
     return boxes * np.array([scale[0], scale[1], scale[0], scale[1]], dtype=np.float64)
 
 
@@ -159,7 +160,7 @@ def volume_boxes(
         if sl is None:
             continue
         score = float(score_map[sl][comp[sl] == idx + 1].max())
-        a = _scale_boxes(np.array([sl[0].start, sl[1].start, sl[0].stop, sl[1].stop], dtype=np.float64), scale)
+        a = scale_boxes(np.array([sl[0].start, sl[1].start, sl[0].stop, sl[1].stop], dtype=np.float64), scale)
         z0, z1 = int(ranges[sl[2].start][0]), int(ranges[sl[2].stop - 1][1])
         out.append(
             {"box": [float(a[0]), float(a[1]), z0, float(a[2]), float(a[3]), z1], "score": score, "slices": [z0, z1]}

@@ -23,7 +23,7 @@ from tlk_components.engines.handlers.reporting import save_bar_chart, save_figur
 from tlk_components.utils.distributed import is_rank0
 from tlk_components.utils.validation import check_positive_int
 
-__all__ = ["ClassificationReport", "confusion_matrix", "per_class_accuracy"]
+__all__ = ["ClassificationReport", "class_labels", "confusion_matrix", "per_class_accuracy"]
 
 
 # ----------------------------------------------------------------------------------------------------- metrics
@@ -75,7 +75,8 @@ def confusion_matrix(
 
 
 # ----------------------------------------------------------------------------------------------------- reports
-def _class_labels(class_names: Sequence[str] | None, n: int) -> list[str]:
+def class_labels(class_names: Sequence[str] | None, n: int) -> list[str]:
+    """The ``n`` class names as strings, or ``"0".."n-1"`` when there are none."""
     return [str(c) for c in class_names] if class_names is not None else [str(i) for i in range(n)]
 
 
@@ -136,13 +137,13 @@ class ClassificationReport:
                 raise KeyError(f"ClassificationReport: metric {key!r} not computed; computed: {sorted(metrics)}")
         if self.per_class_key is not None:
             acc = torch.as_tensor(metrics[self.per_class_key]).double().cpu().numpy()
-            labels = _class_labels(self.class_names, acc.size)
+            labels = class_labels(self.class_names, acc.size)
             mean = metrics.get("accuracy")
             title = f"{self.title} per-class accuracy" + (f" (overall {float(mean):.4f})" if mean is not None else "")
             save_bar_chart(acc.tolist(), labels, self.output_dir / "per_class_accuracy.png", title.strip(), "accuracy")
         if self.confusion_key is not None:
             cm = torch.as_tensor(metrics[self.confusion_key]).cpu().numpy()
-            labels = _class_labels(self.class_names, cm.shape[0])
+            labels = class_labels(self.class_names, cm.shape[0])
             _plot_confusion(
                 cm, labels, self.output_dir / "confusion_matrix.png", f"{self.title} confusion matrix".strip()
             )

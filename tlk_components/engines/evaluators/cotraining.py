@@ -25,10 +25,10 @@ from tlk_components.engines.trainers.cotraining import (
     MODEL_NAME,
     PLOT_NAME,
     TwoViewDataset,
-    _accuracy,
-    _check_dataset,
-    _load_model,
-    _two_view_network,
+    accuracy_or_none,
+    as_two_view_network,
+    check_two_view_dataset,
+    load_two_view_model,
     plot_cotraining_log,
 )
 from tlk_components.networks.two_view import TwoViewClassifier, ensemble_probabilities
@@ -40,13 +40,13 @@ from tlk_components.utils.io import (
 )
 from tlk_components.utils.validation import check_positive_int, look_up_option
 
-__all__ = ["CoTrainingComparison", "CoTrainingEvaluator", "pseudo_label_summary"]
+__all__ = ["CoTrainingComparison", "CoTrainingEvaluator", "pseudo_label_summary", "view_probabilities"]
 
 logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def _view_probabilities(
+def view_probabilities(
     network: TwoViewClassifier,
     dataset: Dataset,
     inferer: Callable,
@@ -116,8 +116,8 @@ class CoTrainingEvaluator:
 
         self.filename = str(filename)
         self.splits = splits
-        self.dataset = _check_dataset(dataset, splits.samples)
-        self.network = _two_view_network(network)
+        self.dataset = check_two_view_dataset(dataset, splits.samples)
+        self.network = as_two_view_network(network)
         self.inferer = inferer if inferer is not None else SimpleInferer()
         self.ckpt_dir, self.output_dir = Path(ckpt_dir), Path(output_dir)
         self.split = look_up_option("split", split, ("test", "val"))
@@ -129,11 +129,11 @@ class CoTrainingEvaluator:
 
     def run(self) -> dict[str, Any]:
         """Evaluate and write the files; returns the metrics."""
-        _load_model(self.network, self.ckpt_dir, self.device)
+        load_two_view_model(self.network, self.ckpt_dir, self.device)
         s = self.splits.samples
         ids = getattr(self.splits, self.split)
         truth = s.labels[ids]
-        p0, p1 = _view_probabilities(
+        p0, p1 = view_probabilities(
             self.network, Subset(self.dataset, ids.tolist()), self.inferer, self.device, self.batch_size
         )
         preds = {
@@ -144,7 +144,7 @@ class CoTrainingEvaluator:
         from sklearn.metrics import confusion_matrix
 
         n = s.num_classes
-        out: dict[str, Any] = {f"{self.split}_accuracy_{k}": _accuracy(p, truth) for k, p in preds.items()}
+        out: dict[str, Any] = {f"{self.split}_accuracy_{k}": accuracy_or_none(p, truth) for k, p in preds.items()}
         out["per_class_accuracy"] = {
             k: dict(zip(s.class_names, _per_class(p, truth, n), strict=True)) for k, p in preds.items()
         }

@@ -18,7 +18,7 @@ from ignite.engine import Engine, Events
 
 from tlk_components.boxes.decode import boxes_to_mask
 from tlk_components.data.nifti_checks import save_nifti
-from tlk_components.engines.evaluators.box import _scale_boxes, volume_boxes
+from tlk_components.engines.evaluators.box import scale_boxes, volume_boxes
 from tlk_components.engines.handlers.reporting import save_figure
 from tlk_components.utils.distributed import is_rank0
 from tlk_components.utils.io import atomic_write_json
@@ -81,7 +81,7 @@ class BoxPredictionWriter:
             keep = p["scores"] > self.score_threshold
             boxes = p["boxes"][keep].numpy().astype(np.float64)
             scores = p["scores"][keep].numpy()
-            ob = _scale_boxes(boxes, scale)
+            ob = scale_boxes(boxes, scale)
             if len(ob):
                 sl = boxes_to_mask(ob, orig[:2])
                 for zz in range(int(ranges[z][0]), int(ranges[z][1])):

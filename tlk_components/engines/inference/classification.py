@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from ignite.engine import Engine, Events
 
-from tlk_components.engines.evaluators.classification import _class_labels
+from tlk_components.engines.evaluators.classification import class_labels
 from tlk_components.utils.distributed import is_rank0
 from tlk_components.utils.io import atomic_write_text
 
@@ -42,7 +42,7 @@ def write_predictions_csv(
     probs = torch.as_tensor(probabilities).detach().float().cpu()
     if probs.ndim != 2 or probs.shape[0] != len(names):
         raise ValueError(f"write_predictions_csv: {len(names)} names but probabilities of shape {tuple(probs.shape)}")
-    labels = _class_labels(class_names, probs.shape[1])
+    labels = class_labels(class_names, probs.shape[1])
     conf, pred = probs.max(dim=1)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

@@ -13,8 +13,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tlk_components.engines.evaluators.cotraining import _view_probabilities
-from tlk_components.engines.trainers.cotraining import TwoViewDataset, _load_model, _two_view_network, read_class_names
+from tlk_components.engines.evaluators.cotraining import view_probabilities
+from tlk_components.engines.trainers.cotraining import (
+    TwoViewDataset,
+    as_two_view_network,
+    load_two_view_model,
+    read_class_names,
+)
 from tlk_components.networks.two_view import ensemble_probabilities
 from tlk_components.utils.distributed import is_rank0
 from tlk_components.utils.errors import ConfigError, DatasetError
@@ -73,7 +78,7 @@ class CoTrainingPredictor:
                 f"TwoViewDataset, data=<input_dir>/samples.csv), got {type(dataset).__name__}"
             )
         self.dataset, self.output_csv = dataset, Path(output_csv)
-        self.network = _two_view_network(network)
+        self.network = as_two_view_network(network)
         self.inferer = inferer if inferer is not None else SimpleInferer()
         self.ckpt_dir, self.device = Path(ckpt_dir), torch.device(device)
         self.class_names = list(class_names) if class_names is not None else None
@@ -89,9 +94,9 @@ class CoTrainingPredictor:
         ds = self.dataset
         if len(ds) == 0:
             raise DatasetError(f"{ds.root or 'dataset'}: no view pairs to predict")
-        _load_model(self.network, self.ckpt_dir, self.device)
+        load_two_view_model(self.network, self.ckpt_dir, self.device)
         names = self.class_names if self.class_names is not None else read_class_names(self.ckpt_dir)
-        p0, p1 = _view_probabilities(self.network, ds, self.inferer, self.device, self.batch_size)
+        p0, p1 = view_probabilities(self.network, ds, self.inferer, self.device, self.batch_size)
         if p0.shape[1] != len(names):
             raise ConfigError(
                 f"the network predicts {p0.shape[1]} classes but the class map has {len(names)} "

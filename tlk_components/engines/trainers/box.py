@@ -19,13 +19,13 @@ from monai.engines import SupervisedTrainer
 from tlk_components.utils.errors import ConfigError
 from tlk_components.utils.validation import check_positive_int
 
-__all__ = ["TARGET_KEYS", "BoxTrainer", "loss_terms"]
+__all__ = ["TARGET_KEYS", "BoxTrainer", "loss_terms", "plain_tensor"]
 
 
 TARGET_KEYS = ("cls_target", "cls_weight", "reg_target", "reg_weight")
 
 
-def _plain(x: torch.Tensor) -> torch.Tensor:
+def plain_tensor(x: torch.Tensor) -> torch.Tensor:
     """A plain tensor (MONAI transforms may return ``MetaTensor``; metadata is not needed for boxes)."""
     return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
 
@@ -87,9 +87,9 @@ class BoxTrainer(SupervisedTrainer):
             raise KeyError(
                 f"training batch lacks {missing}; add tlk_components.boxes.targets.BoxTargetsd to the transforms"
             )
-        image = _plain(batchdata["image"]).to(engine.state.device, non_blocking=engine.non_blocking).float()
+        image = plain_tensor(batchdata["image"]).to(engine.state.device, non_blocking=engine.non_blocking).float()
         targets = {
-            k: _plain(batchdata[k]).to(engine.state.device, non_blocking=engine.non_blocking) for k in TARGET_KEYS
+            k: plain_tensor(batchdata[k]).to(engine.state.device, non_blocking=engine.non_blocking) for k in TARGET_KEYS
         }
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=True)

@@ -59,6 +59,10 @@ __all__ = [
     "CoTrainer",
     "TwoViewDataset",
     "ViewImages",
+    "accuracy_or_none",
+    "as_two_view_network",
+    "check_two_view_dataset",
+    "load_two_view_model",
     "model_filename",
     "plot_cotraining_log",
     "predict_proba",
@@ -325,7 +329,8 @@ def read_class_names(ckpt_dir: str | os.PathLike) -> list[str]:
         ) from None
 
 
-def _accuracy(pred: np.ndarray, truth: np.ndarray) -> float | None:
+def accuracy_or_none(pred: np.ndarray, truth: np.ndarray) -> float | None:
+    """Share of correct predictions over the samples with a known label (``truth >= 0``); None when none is known."""
     known = truth >= 0
     return float((pred[known] == truth[known]).mean()) if known.any() else None
 
@@ -474,7 +479,7 @@ class CoTrainer:
             )
         self.splits = splits
         self.samples: TwoViewSamples = splits.samples
-        self.dataset = _check_dataset(dataset, self.samples)
+        self.dataset = check_two_view_dataset(dataset, self.samples)
         self.networks = _pair("networks", networks)
         self.optimizers = _pair("optimizers", optimizers)
         if self.networks[0] is self.networks[1] or self.optimizers[0] is self.optimizers[1]:
@@ -750,10 +755,10 @@ class CoTrainer:
             self.train_labels[v] = np.concatenate([self.train_labels[v], labs])
             self.train_pseudo[v] = np.concatenate([self.train_pseudo[v], np.ones(len(ids), bool)])
             row[f"added_view{v}"] = int(len(ids))
-            row[f"pseudo_label_accuracy_view{v}"] = _accuracy(labs, truth[ids])
+            row[f"pseudo_label_accuracy_view{v}"] = accuracy_or_none(labs, truth[ids])
         all_labs = np.concatenate([r.to_view0_labels, r.to_view1_labels])
         all_ids = np.concatenate([r.to_view0_ids, r.to_view1_ids])
-        row["pseudo_label_accuracy"] = _accuracy(all_labs, truth[all_ids]) if len(all_ids) else None
+        row["pseudo_label_accuracy"] = accuracy_or_none(all_labs, truth[all_ids]) if len(all_ids) else None
         row["conflicts"] = int(len(r.conflict_ids))
         row["k"] = k
         self.pool = r.pool
@@ -840,8 +845,8 @@ class CoTrainer:
                 ]
                 truth = self.samples.labels[val]
                 for v in (0, 1):
-                    row[f"val_accuracy_view{v}"] = _accuracy(probs[v].argmax(1).numpy(), truth)
-                ens = _accuracy(ensemble_probabilities(probs[0], probs[1]).argmax(1).numpy(), truth)
+                    row[f"val_accuracy_view{v}"] = accuracy_or_none(probs[v].argmax(1).numpy(), truth)
+                ens = accuracy_or_none(ensemble_probabilities(probs[0], probs[1]).argmax(1).numpy(), truth)
                 row["val_accuracy_ensemble"] = ens
                 last = it == self.iterations - 1
                 stop_reason = None
@@ -894,7 +899,7 @@ class CoTrainer:
         return self.history
 
 
-def _check_dataset(dataset: Any, samples: TwoViewSamples) -> TwoViewDataset:
+def check_two_view_dataset(dataset: Any, samples: TwoViewSamples) -> TwoViewDataset:
     """``dataset`` is a :class:`TwoViewDataset` of exactly ``samples`` (so split ids index the right images)."""
     if not isinstance(dataset, TwoViewDataset):
         raise ConfigError(
@@ -909,7 +914,7 @@ def _check_dataset(dataset: Any, samples: TwoViewSamples) -> TwoViewDataset:
     return dataset
 
 
-def _two_view_network(network: Any) -> TwoViewClassifier:
+def as_two_view_network(network: Any) -> TwoViewClassifier:
     """The ``TwoViewClassifier`` inside ``network`` (DDP wrappers removed), or a ConfigError naming the fix."""
     net = unwrap_model(network)
     if not isinstance(net, TwoViewClassifier):
@@ -920,7 +925,7 @@ def _two_view_network(network: Any) -> TwoViewClassifier:
     return net
 
 
-def _load_model(network: TwoViewClassifier, ckpt_dir: str | os.PathLike, device: torch.device) -> None:
+def load_two_view_model(network: TwoViewClassifier, ckpt_dir: str | os.PathLike, device: torch.device) -> None:
     """Load ``<ckpt_dir>/model.pt`` (weights only) into the two-view network and switch it to eval mode."""
     path = Path(ckpt_dir) / MODEL_NAME
     state = load_weights(path, map_location=device)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -38,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tlk_components.zoo.runner import bundle_command
+from tlk_components.zoo.runner import run_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "abdomen_ct_attention_segmentation"
@@ -47,13 +46,7 @@ CONFIGS = BUNDLE / "configs"
 
 def _run_bundle(configs: list[str], log: Path, **overrides: Any) -> float:
     """Run the bundle in a subprocess; return its wall time. Raises with the log tail on failure."""
-    cmd = bundle_command([CONFIGS / c for c in configs], overrides)
-    start = time.perf_counter()
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, cwd="/tmp", stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ))
-    if proc.returncode != 0:
-        raise SystemExit(f"bundle run failed ({proc.returncode}): {' '.join(cmd)}\n{log.read_text()[-4000:]}")
-    return time.perf_counter() - start
+    return run_bundle([CONFIGS / c for c in configs], log, overrides, cwd="/tmp")
 
 
 def train_and_evaluate(name: str, variant: list[str], data: Path, out: Path, args: argparse.Namespace) -> dict:

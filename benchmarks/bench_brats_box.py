@@ -1,60 +1,49 @@
 # Copyright (c) TLK Model Zoo contributors. Licensed under the Apache License, Version 2.0.
-"""Benchmark of the BraTS box-localization pipeline on held-out demo volumes (a script, not a test).
+"""Benchmark of ``brats_mri_box_localization`` on held-out demo volumes, run through the bundle's own configs.
 
-1. Writes the demo dataset (``write_demo(size="demo", seed=0)``: 24 synthetic cases of 96x96x40) unless present.
-2. Trains ``BoxFPN`` with the bundle's settings (Adam 2e-4, focal + smooth-L1, random flips) on the training split.
-3. Evaluates on the **test split** (5 cases never used for training or model selection): median per-volume IoU
-   (the tutorial's metric, missed tumours penalised), AP at IoU 0.1 and 0.5, box sensitivity and PPV.
-4. Times inference as inference.json runs it (``BoxEvaluator`` on label-free volumes, score threshold 0.5: network
-   + decoding + NMS, without writing files) against the bare network forward pass on the same slices, same
-   chunks, same thread count; prints slices/s and the ratio (target <= 1.3).
+1. **Training**: ``python -m monai.bundle run`` with the bundle's ``train.json`` as it ships (its epochs, validation
+   interval and model selection on the validation split; ``--epochs`` only when asked), on the demo data written by
+   the bundle's own first-use step into ``OUT/data`` (24 BraTS-2020-layout cases).
+2. **Accuracy** on the **test split** (5 cases never used for training or model selection): ``train.json`` +
+   ``evaluate.json``, the bundle's evaluation command; its ``metrics.json`` gives the median per-volume IoU (missed
+   tumours count as IoU 0), AP at IoU 0.1 and 0.5, box sensitivity and PPV; ``volume_iou.csv`` the per-volume rows.
+3. **Inference cost**: the network, box parameters, score threshold and dataset are taken from the bundle's
+   ``inference.json`` (parsed with MONAI's ``ConfigParser``, the trained ``model.pt`` loaded). The box evaluator as
+   inference.json runs it (label-free volumes: network + decoding + NMS, without writing files) is timed against
+   the bare network forward pass over the same slices in the same chunks, same thread count (minimum over
+   ``--repeats``); target ratio <= 1.3.
 
-Targets from the issue: median IoU >= 0.75, AP@0.5 >= 0.8, inference/forward <= 1.3.
+Targets: median IoU >= 0.75, AP@0.5 >= 0.8, inference/forward <= 1.3.
 The last printed line is one JSON object with ``median_iou``, ``ap_50`` and ``infer_ratio`` (plus details).
 
 Usage::
 
-    env TLK_NUM_THREADS=2 python benchmarks/bench_brats_box.py --epochs 15
+    env TLK_NUM_THREADS=2 python benchmarks/bench_brats_box.py --out /tmp/brats_bench
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
-from monai.transforms import Compose, RandFlipd, RandRotate90d
-from monai.utils import set_determinism
+from monai.bundle import ConfigParser
 from torch.utils.data import DataLoader
 
-from tlk_components.boxes.params import BoxParams
-from tlk_components.boxes.targets import BoxTargetsd
-from tlk_components.data.brats import BratsSliceDataset, BratsVolumeDataset, brats_datalist, write_demo
+from tlk_components.data.brats import BratsVolumeDataset, brats_datalist
 from tlk_components.engines.evaluators.box import BoxEvaluator
-from tlk_components.engines.evaluators.box_metrics import BoxAveragePrecision, BoxPPV, BoxSensitivity, VolumeIoU
-from tlk_components.engines.trainers.box import BoxTrainer
-from tlk_components.losses.focal import BoxLocalizationLoss
-from tlk_components.networks.fpn import BoxFPN
-from tlk_components.utils import atomic_torch_save, configure_threads
+from tlk_components.utils import configure_threads
+from tlk_components.utils.io import load_weights
+from tlk_components.zoo.runner import run_bundle
 
 __all__ = ["main"]
 
-
-def _params() -> BoxParams:
-    # the bundle's train.json values
-    return BoxParams(
-        image_shape=(96, 96),
-        classes=1,
-        levels=(2, 3),
-        anchor_shapes=(12, 24),
-        anchor_scales=(0, 1, 2),
-        anchor_ratios=(0.5, 1, 2),
-        iou_upper=0.5,
-        iou_lower=0.2,
-        iou_nms=0.3,
-    )
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "bundles" / "brats_mri_box_localization" / "configs"
 
 
 def _time(fn, repeats: int) -> float:
@@ -66,77 +55,36 @@ def _time(fn, repeats: int) -> float:
     return best
 
 
-def main() -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data_dir", default="/tmp/tlk_bench_brats/data")
-    ap.add_argument("--epochs", type=int, default=15)
-    ap.add_argument("--batch_size", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=2e-4)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--save_weights", default="", help="also save the trained state_dict here")
-    args = ap.parse_args()
+def _volume_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
-    threads = configure_threads()
-    set_determinism(seed=args.seed)
-    data_dir = Path(args.data_dir)
-    if not data_dir.is_dir() or not any(data_dir.iterdir()):
-        write_demo(data_dir, size="demo", seed=0)
-    params = _params()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    transform = Compose(
-        [
-            RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=0),
-            RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=1),
-            RandRotate90d(keys=["image", "label"], prob=0.5),
-            BoxTargetsd(keys="label", params=params),
-        ]
+def inference_cost(overrides: dict[str, Any], repeats: int) -> dict[str, Any]:
+    """Time inference.json's box evaluator (no file writing) against the bare forward on the same slice chunks."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.update(overrides)
+    params = parser.get_parsed_content("box_params")
+    device = parser.get_parsed_content("device")
+    net = parser.get_parsed_content("network")
+    net.load_state_dict(load_weights(Path(overrides["ckpt_dir"]) / "model.pt", map_location=device))
+    items = brats_datalist(overrides["dataset_dir"], "test")
+    dataset = BratsVolumeDataset(
+        items,
+        image_size=parser.get_parsed_content("image_size"),
+        max_slices=parser.get_parsed_content("max_slices"),
+        with_label=False,
     )
-    train_ds = BratsSliceDataset(brats_datalist(data_dir, "train"), image_size=(96, 96), transform=transform)
-    test_items = brats_datalist(data_dir, "test")
-    test_ds = BratsVolumeDataset(test_items, image_size=(96, 96))
-    net = BoxFPN(params).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
-    trainer = BoxTrainer(
-        device,
-        args.epochs,
-        DataLoader(train_ds, batch_size=args.batch_size, shuffle=True),
-        net,
-        opt,
-        BoxLocalizationLoss(),
-    )
-    t0 = time.perf_counter()
-    trainer.run()
-    train_s = time.perf_counter() - t0
-    print(
-        f"trained {args.epochs} epochs on {len(train_ds)} slices in {train_s:.0f} s ({threads} threads, {device}); "
-        f"last loss {float(trainer.state.output['loss']):.4f}"
-    )
-
-    if args.save_weights:
-        atomic_torch_save(net.state_dict(), args.save_weights)
-    vi = VolumeIoU()
-    metrics = {"ap_10": BoxAveragePrecision(0.1), "sens": BoxSensitivity(0.5), "ppv": BoxPPV(0.5), "vi": vi}
-    loader = DataLoader(test_ds, batch_size=1)
     evaluator = BoxEvaluator(
-        device, loader, net, params, key_val_metric={"ap_50": BoxAveragePrecision(0.5)}, additional_metrics=metrics
+        device,
+        DataLoader(dataset, batch_size=1),
+        net,
+        params,
+        score_threshold=parser.get_parsed_content("score_threshold"),
     )
-    evaluator.run()
-    m = evaluator.state.metrics
-    for row in vi.table:
-        print(
-            f"  {row['case']}: gt boxes {row['gt_boxes']:3d}, predicted {row['pred_boxes']:3d}, IoU median "
-            f"{row['iou_median']:.3f} (p25 {row['iou_p25']:.3f}, p75 {row['iou_p75']:.3f})"
-        )
-
-    # throughput, inference setting (inference.json): label-free volumes, score threshold params.cls_threshold.
-    # bare forward vs forward + decode + NMS on the same slices and chunks
-    infer_ds = BratsVolumeDataset(test_items, image_size=(96, 96), with_label=False)
-    infer_loader = DataLoader(infer_ds, batch_size=1)
-    timing_eval = BoxEvaluator(device, infer_loader, net, params, score_threshold=params.cls_threshold)
-    chunk = timing_eval.slice_batch_size
-    volumes = [v["image"] for v in infer_ds.volumes]
+    chunk = evaluator.slice_batch_size
+    volumes = [v["image"] for v in dataset.volumes]
     n_slices = sum(v.shape[0] for v in volumes)
     net.eval()
 
@@ -149,33 +97,72 @@ def main() -> dict:
             torch.cuda.synchronize()
 
     def full() -> None:
-        timing_eval.run()
+        evaluator.run()
         if device.type == "cuda":
             torch.cuda.synchronize()
 
     bare()  # warm-up
-    t_bare = _time(bare, args.repeats)
-    t_full = _time(full, args.repeats)
-    ratio = t_full / t_bare
+    t_bare = _time(bare, repeats)
+    t_full = _time(full, repeats)
+    return {
+        "infer_slices_per_s": round(n_slices / t_full, 1),
+        "forward_slices_per_s": round(n_slices / t_bare, 1),
+        "infer_ratio": round(t_full / t_bare, 3),
+        "test_cases": [d["case"] for d in items],
+        "device": str(device),
+    }
+
+
+def main() -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="/tmp/tlk_bench_brats", help="work folder (data/, models/, eval/, logs)")
+    ap.add_argument("--epochs", type=int, default=None, help="override train.json's epochs (default: the config's)")
+    ap.add_argument("--repeats", type=int, default=5, help="timing repeats (minimum taken)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: TLK_NUM_THREADS / the rule)")
+    args = ap.parse_args()
+
+    threads = configure_threads(args.threads)
+    out = Path(args.out)
+    data = out / "data"
+    common: dict[str, Any] = {
+        "dataset_dir": str(data),
+        "demo_dir": str(data),  # the bundle writes its demo here on first use
+        "ckpt_dir": str(out / "models"),
+        "output_dir": str(out / "eval"),
+    }
+    if args.threads is not None:
+        common["num_threads"] = args.threads
+    train_overrides = {**common, **({"epochs": args.epochs} if args.epochs is not None else {})}
+    train_s = run_bundle([CONFIGS / "train.json"], out / "train.log", train_overrides)
+    print(f"train.json: {train_s:.0f} s ({threads} threads)", flush=True)
+    eval_s = run_bundle([CONFIGS / "train.json", CONFIGS / "evaluate.json"], out / "evaluate.log", common)
+    m = json.loads((out / "eval" / "metrics.json").read_text())
+    for row in _volume_rows(out / "eval" / "volume_iou.csv"):
+        print(
+            f"  {row['case']}: gt boxes {row['gt_boxes']}, predicted {row['pred_boxes']}, "
+            f"IoU median {row['iou_median']}"
+        )
+    cost = inference_cost(
+        {"dataset_dir": str(data), "demo_dir": str(data), "ckpt_dir": str(out / "models")}, args.repeats
+    )
     print(
-        f"bare forward: {n_slices / t_bare:.1f} slices/s; inference (forward + decode + NMS): "
-        f"{n_slices / t_full:.1f} slices/s; ratio {ratio:.3f} (target <= 1.3)"
+        f"bare forward: {cost['forward_slices_per_s']} slices/s; inference (forward + decode + NMS): "
+        f"{cost['infer_slices_per_s']} slices/s; ratio {cost['infer_ratio']} (target <= 1.3)"
     )
     result = {
         "median_iou": round(float(m["volume_iou_median"]), 4),
         "iou_p25": round(float(m["volume_iou_p25"]), 4),
         "iou_p75": round(float(m["volume_iou_p75"]), 4),
-        "ap_10": round(float(m["ap_10"]), 4),
-        "ap_50": round(float(m["ap_50"]), 4),
-        "sensitivity_50": round(float(m["sens"]), 4),
-        "ppv_50": round(float(m["ppv"]), 4),
-        "infer_slices_per_s": round(n_slices / t_full, 1),
-        "forward_slices_per_s": round(n_slices / t_bare, 1),
-        "infer_ratio": round(ratio, 3),
-        "epochs": args.epochs,
+        "ap_10": round(float(m["AP_IoU_0.10_MaxDet_100"]), 4),
+        "ap_50": round(float(m["AP_IoU_0.50_MaxDet_100"]), 4),
+        "sensitivity_50": round(float(m["box_sensitivity_IoU_0.50"]), 4),
+        "ppv_50": round(float(m["box_ppv_IoU_0.50"]), 4),
+        **cost,
+        "epochs": args.epochs
+        if args.epochs is not None
+        else ConfigParser.load_config_file(CONFIGS / "train.json")["epochs"],
         "train_s": round(train_s, 1),
-        "test_cases": [d["case"] for d in test_items],
-        "device": str(device),
+        "eval_s": round(eval_s, 1),
         "threads": threads,
     }
     print(json.dumps(result))

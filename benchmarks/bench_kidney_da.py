@@ -46,9 +46,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -56,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from tlk_components.utils.io import atomic_write_json
-from tlk_components.zoo.runner import bundle_command
+from tlk_components.zoo.runner import run_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "kidney_ct_da_segmentation" / "configs"
@@ -65,17 +63,12 @@ PEAK_RSS_KIB = [0]
 
 def _run(configs: list[str], log: Path, **overrides: Any) -> float:
     """Run ``monai.bundle run`` with ``configs`` and ``--key value`` overrides; returns the wall time."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = bundle_command([CONFIGS / c for c in configs], overrides)
-    t0 = time.perf_counter()
-    with open(log, "w") as f:
-        proc = subprocess.run(
-            cmd, cwd=str(log.parent), stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1")
-        )
+    try:
+        elapsed = run_bundle([CONFIGS / c for c in configs], log, overrides)
+    except RuntimeError as e:
+        raise SystemExit(f"stage failed ({' '.join(configs)}): {e}") from None
     PEAK_RSS_KIB[0] = max(PEAK_RSS_KIB[0], resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    if proc.returncode != 0:
-        raise SystemExit(f"stage failed ({' '.join(configs)}), log {log}:\n{log.read_text()[-4000:]}")
-    return time.perf_counter() - t0
+    return elapsed
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -208,10 +201,7 @@ class Run:
         out = self.root / f"eval_{tag}"
         extra = {}
         if split != "test":
-            extra["target_test_list"] = (
-                f"$tlk_components.data.kidney.kits19_datalist(@target_dir, split='{split}', "
-                "dev_fraction=@target_dev_fraction)"
-            )
+            extra["target_test_list"] = f"$@layout.target_datalist('{split}', dev_fraction=@target_dev_fraction)"
         _run(
             ["train.json", "evaluate.json"],
             self.root / f"evaluate_{tag}.log",

@@ -114,8 +114,8 @@ def write_data(data: Path, n_cases: int, seed: int) -> float:
         have = json.loads(marker.read_text())
         if have != want:
             raise SystemExit(f"{data} holds other benchmark data ({have}, wanted {want}); pass another --data_dir")
-        amos = kidney.amos22_datalist(data / "amos22", split="all")
-        kits = kidney.kits19_datalist(data / "kits19", split="all")
+        layout = kidney.resolve_layout(data)
+        amos, kits = layout.source_datalist("all"), layout.target_datalist("all")
         files = [Path(p) for d in amos + kits for p in d.values()]
         if len(amos) == n_cases and len(kits) == n_cases and all(f.is_file() for f in files):
             print(f"data: reusing {n_cases} + {n_cases} real-size cases in {data}", flush=True)
@@ -188,7 +188,6 @@ def write_infer_volume(folder: Path, n_slices: int, seed: int) -> tuple[Path, di
 
 def make_plans(data: Path, plans_file: Path, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     """plans.json with the bundle's budgets (or ``--max_patch_voxels``); reused when its rules and case count match."""
-    from tlk_components.data import kidney
     from tlk_components.data.plan import load_plans, plan
 
     cfg = json.loads((CONFIGS / "train.json").read_text())
@@ -219,8 +218,6 @@ def make_plans(data: Path, plans_file: Path, args: argparse.Namespace) -> tuple[
     plan(
         str(data),
         out=str(plans_file),
-        source_dir=kidney.source_dir(data),
-        target_dir=kidney.target_dir(data),
         max_patch_voxels=max_patch,
         memory_voxels=memory,
     )

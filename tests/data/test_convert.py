@@ -145,7 +145,7 @@ def _real_download_copy(demo, tmp_path):
 
 def test_real_download_variants_are_read_as_they_are(demo, tmp_path, caplog):
     root = _real_download_copy(demo, tmp_path)
-    assert kidney.detect_layout(root / "kits19") == "kits19"
+    assert kidney.resolve_layout(root / "kits19").kind == "kits19"
     assert kidney.verify_dataset(root).ok, kidney.verify_dataset(root).problems
     kits = kidney.kits19_datalist(root, split="all")
     assert kits and all(i["image"].endswith("/imaging.nii") and "/kits19/data/case_" in i["image"] for i in kits)

@@ -160,7 +160,7 @@ def test_ill_each_public_layout_and_converted(data, tmp_path):
     assert kidney.verify_dataset(data / "kits19").ok
     assert kidney.verify_dataset(data / "amos22").ok
     conv = convert_kits19(str(data / "kits19"), str(tmp_path / "conv"))
-    assert kidney.detect_layout(conv) == "converted" and kidney.verify_dataset(conv).ok
+    assert kidney.resolve_layout(conv).kind == "converted" and kidney.verify_dataset(conv).ok
     (tmp_path / "conv/labelsTr/case_00000.nii.gz").unlink()
     assert any("case_00000" in p and "label missing" in p for p in kidney.verify_dataset(conv).problems)
     # KiTS19's unlabelled test cases (>= 210) need no segmentation

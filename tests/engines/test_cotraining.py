@@ -5,6 +5,7 @@ inference, the two-view dataset."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,11 +15,18 @@ import torch
 from monai.transforms import Compose, EnsureType, LoadImage, ScaleIntensityRange
 from monai.utils import set_determinism
 
-from tlk_components.data.cotraining import TwoViewSamples, load_splits, write_demo
+from tlk_components.data.cotraining import TwoViewSamples, TwoViewSplits, load_splits, write_demo
 from tlk_components.engines.evaluators.cotraining import CoTrainingEvaluator
 from tlk_components.engines.handlers.training import NonFiniteLossError
 from tlk_components.engines.inference.cotraining import CoTrainingPredictor
-from tlk_components.engines.trainers.cotraining import CoTrainer, TwoViewDataset
+from tlk_components.engines.trainers.cotraining import LOG_FIELDS, CoTrainer, TwoViewDataset
+from tlk_components.engines.trainers.cotraining_log import CoTrainingLog
+from tlk_components.engines.trainers.cotraining_state import (
+    CoTrainingPools,
+    CoTrainingProgress,
+    CoTrainingSettings,
+    restore_optimizer,
+)
 from tlk_components.networks.small_cnn import SmallCNN, build_view_network
 from tlk_components.networks.two_view import TwoViewClassifier
 from tlk_components.utils.errors import ConfigError, DatasetError
@@ -439,3 +447,263 @@ def test_resume_after_architecture_change_is_clear(tiny, tmp_path):
     _trainer(splits, tmp_path, iterations=1).run()
     with pytest.raises(ConfigError, match=r"checkpoint_last.pt: the saved model0 does not fit.*--resume false"):
         _trainer(splits, tmp_path, iterations=2, channels=(4, 8)).run()
+
+
+# ------------------------------------------------------------- the engine's parts: settings, pools, progress, log
+
+
+def _splits(n_train: int = 4, n_val: int = 2, n_unlabelled: int = 6, hidden: bool = True) -> TwoViewSplits:
+    """A table of ``n_train + n_val + n_unlabelled`` samples (no images needed), classes ``i % 3``."""
+    n = n_train + n_val + n_unlabelled
+    labels = np.arange(n, dtype=np.int64) % 3
+    if not hidden:
+        labels[n_train + n_val :] = -1
+    samples = TwoViewSamples(
+        [f"/v0/{i}.png" for i in range(n)], [f"/v1/{i}.png" for i in range(n)], labels, ["a", "b", "c"]
+    )
+    ids = np.arange(n, dtype=np.int64)
+    return TwoViewSplits(
+        samples, ids[:n_train], ids[n_train : n_train + n_val], np.zeros(0, np.int64), ids[n_train + n_val :]
+    )
+
+
+def test_settings_normalise_and_are_frozen():
+    s = CoTrainingSettings(k=10.0, iterations=3, threshold=0.5, class_balance=1, seed=7.0, amp=1)
+    assert (s.k, s.iterations, s.threshold, s.class_balance, s.seed, s.amp) == (10, 3, 0.5, True, 7, True)
+    assert type(s.k) is int and type(s.seed) is int
+    assert CoTrainingSettings(mode="labelled_only", threshold=None).threshold is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.k = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"mode": "cotrain"}, "mode='cotrain'.*Did you mean 'cotraining'"),
+        ({"iterations": 0}, r"iterations=0: expected an integer >= 1"),
+        ({"max_epochs": 1.5}, r"max_epochs=1.5: expected an integer >= 1"),
+        ({"k": True}, r"k=True: expected an integer >= 1"),
+        ({"threshold": 1.5}, "threshold"),
+        ({"batch_size": 0}, r"batch_size=0: expected an integer >= 1"),
+        ({"num_workers": -1}, r"num_workers=-1: expected an integer >= 0"),
+        ({"patience": -1}, r"patience=-1: expected an integer >= 0"),
+        ({"iteration_patience": "2"}, r"iteration_patience='2': expected an integer >= 0"),
+    ],
+)
+def test_ill_settings(kw, message):
+    with pytest.raises(ConfigError, match=message):
+        CoTrainingSettings(**kw)
+
+
+def test_ill_settings_against_splits():
+    CoTrainingSettings(k=6).check_splits(_splits())
+    with pytest.raises(ConfigError, match=r"k=7 is larger than the unlabelled pool \(6 samples\); choose k <= 6"):
+        CoTrainingSettings(k=7).check_splits(_splits())
+    CoTrainingSettings(k=7, mode="labelled_only").check_splits(_splits())  # no pool to draw from: k unused
+    CoTrainingSettings(k=7).check_splits(_splits(n_unlabelled=0))
+    with pytest.raises(ConfigError, match="validation split is empty"):
+        CoTrainingSettings().check_splits(_splits(n_val=0))
+
+
+def test_pools_start_per_mode(caplog):
+    s = _splits()
+    co = CoTrainingPools.initial(s, "cotraining")
+    assert [t.tolist() for t in co.train_ids] == [[0, 1, 2, 3]] * 2 and co.pool.tolist() == [6, 7, 8, 9, 10, 11]
+    assert [t.tolist() for t in co.train_labels] == [[0, 1, 2, 0]] * 2 and not any(p.any() for p in co.train_pseudo)
+    assert co.train_ids[0] is not co.train_ids[1] and co.pool is not s.unlabelled
+    base = CoTrainingPools.initial(s, "labelled_only")
+    assert len(base.pool) == 0 and base.train_ids[1].tolist() == [0, 1, 2, 3]
+    full = CoTrainingPools.initial(s, "all_labels")
+    assert full.train_ids[0].tolist() == [0, 1, 2, 3, 6, 7, 8, 9, 10, 11] and len(full.pool) == 0
+    assert full.train_labels[0].tolist() == (np.array([0, 1, 2, 3, 6, 7, 8, 9, 10, 11]) % 3).tolist()
+    with caplog.at_level("WARNING", logger="tlk_components.engines.trainers.cotraining"):
+        none_known = CoTrainingPools.initial(_splits(hidden=False), "all_labels")
+    assert none_known.train_ids[0].tolist() == [0, 1, 2, 3] and "labelled-only baseline" in caplog.text
+
+
+def _one_hot(ids: list[int], classes: list[int], confidence: list[float]) -> torch.Tensor:
+    p = torch.full((len(ids), 3), 0.0)
+    for row, (c, conf) in enumerate(zip(classes, confidence, strict=True)):
+        p[row] = (1 - conf) / 2
+        p[row, c] = conf
+    return p
+
+
+def test_pools_exchange_cross_feeds_and_round_trips():
+    s = _splits()
+    pools = CoTrainingPools.initial(s, "cotraining")
+    truth = s.samples.labels  # pool samples 6..11 are of class 0, 1, 2, 0, 1, 2
+    # model 0 is sure of 6 (right, 0) and 7 (wrong: 2); model 1 of 10 (right, 1) and 11 (right, 2)
+    p0 = _one_hot(list(range(6, 12)), [0, 2, 0, 0, 0, 0], [0.9, 0.8, 0.4, 0.4, 0.4, 0.4])
+    p1 = _one_hot(list(range(6, 12)), [0, 0, 0, 0, 1, 2], [0.4, 0.4, 0.4, 0.4, 0.9, 0.8])
+    stats = pools.exchange(p0, p1, 2, None, False, truth)
+    assert stats == {
+        "added_view0": 2,
+        "pseudo_label_accuracy_view0": 1.0,
+        "added_view1": 2,
+        "pseudo_label_accuracy_view1": 0.5,
+        "pseudo_label_accuracy": 0.75,
+        "conflicts": 0,
+        "k": 2,
+    }
+    # model 1's picks go to model 0's training set and the other way round, flagged as pseudo-labels
+    assert pools.train_ids[0].tolist() == [0, 1, 2, 3, 10, 11] and pools.train_labels[0].tolist()[-2:] == [1, 2]
+    assert pools.train_ids[1].tolist() == [0, 1, 2, 3, 6, 7] and pools.train_labels[1].tolist()[-2:] == [0, 2]
+    assert [p.tolist() for p in pools.train_pseudo] == [[False] * 4 + [True] * 2] * 2
+    assert pools.pool.tolist() == [8, 9]
+    state = pools.state_dict()
+    assert list(state) == [
+        "pool",
+        "train_ids0",
+        "train_labels0",
+        "train_pseudo0",
+        "train_ids1",
+        "train_labels1",
+        "train_pseudo1",
+    ]
+    assert state["pool"].dtype == torch.long and state["train_pseudo1"].dtype == torch.bool
+    again = CoTrainingPools.from_state_dict(state)
+    for v in (0, 1):
+        assert np.array_equal(again.train_ids[v], pools.train_ids[v])
+        assert np.array_equal(again.train_labels[v], pools.train_labels[v])
+        assert np.array_equal(again.train_pseudo[v], pools.train_pseudo[v])
+    assert np.array_equal(again.pool, pools.pool)
+
+
+def test_pools_picks_clamped_to_pool(caplog):
+    pools = CoTrainingPools.initial(_splits(), "cotraining")
+    assert pools.picks_this_round(6) == 6 and "smaller than k" not in caplog.text
+    with caplog.at_level("INFO", logger="tlk_components.engines.trainers.cotraining"):
+        assert pools.picks_this_round(10) == 6
+    assert "unlabelled pool (6) is smaller than k=10; this round picks 6 per model" in caplog.text
+
+
+def test_ill_pools():
+    ids = np.arange(3)
+    with pytest.raises(ConfigError, match="train_ids: expected one array per view"):
+        CoTrainingPools([ids], [ids, ids], [ids, ids], np.zeros(0, np.int64))
+    with pytest.raises(ConfigError, match="view 1: 3 training ids but 2 labels"):
+        CoTrainingPools([ids, ids], [ids, ids[:2]], [ids, ids], np.zeros(0, np.int64))
+
+
+def test_progress_counts_rounds_without_a_better_ensemble():
+    p = CoTrainingProgress()
+    assert p.record(0.5, iteration_patience=2) is None and (p.best_ensemble, p.stale) == (0.5, 0)
+    assert p.record(0.5, iteration_patience=2) is None and p.stale == 1  # equal is not better
+    assert p.record(None, iteration_patience=2) == "no better ensemble validation accuracy for 2 iterations"
+    assert p.record(0.6, iteration_patience=2) is None and (p.best_ensemble, p.stale) == (0.6, 0)
+    assert all(p.record(0.1, iteration_patience=0) is None for _ in range(5))  # 0: never stops
+    p.iteration, p.finished = 4, True
+    state = p.state_dict()
+    assert state == {"iteration": 4, "finished": True, "best_ensemble": 0.6, "stale": 5}
+    assert CoTrainingProgress.from_state_dict(state) == p
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.scalars: list[tuple[str, float, int]] = []
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self.scalars.append((tag, value, step))
+
+    def close(self) -> None:
+        self.scalars.append(("closed", 0.0, 0))
+
+
+def _row(iteration: int, **kw) -> dict:
+    row = {"iteration": iteration, "mode": "cotraining", "k": 2, "added_view0": 1, "added_view1": 2, "conflicts": 0}
+    row.update(
+        {"pseudo_label_accuracy": None, "pseudo_label_accuracy_view0": None, "pseudo_label_accuracy_view1": None}
+    )
+    row.update({"val_accuracy_view0": 0.5, "val_accuracy_view1": 0.25, "val_accuracy_ensemble": 0.75})
+    row.update({"train_size_view0": 5, "train_size_view1": 6, "pool_size": 3})
+    row.update(kw)
+    return row
+
+
+def test_log_rounds_epochs_and_files(tmp_path, caplog):
+    plotted = []
+    log = CoTrainingLog(tmp_path, plot=lambda history, path: plotted.append((len(history), path)))
+    log._writer = writer = _Writer()
+    with caplog.at_level("INFO", logger="tlk_components.engines.trainers.cotraining"):
+        log.epoch(1, 0, 1, [1.0, 2.0], {"val_accuracy": 0.5, "val_loss": 0.25}, 1e-3)
+        log.epoch(1, 0, 2, [], {"val_accuracy": 0.75, "val_loss": 0.125}, 5e-4)
+        log.round(_row(1, pseudo_label_accuracy=0.5), iterations=3)
+    assert log.global_epoch == [0, 2]
+    assert writer.scalars[:4] == [
+        ("train_loss/view1", 1.5, 1),
+        ("val_accuracy/view1", 0.5, 1),
+        ("val_loss/view1", 0.25, 1),
+        ("learning_rate/view1", 1e-3, 1),
+    ]
+    assert ("train_loss/view1", pytest.approx(0.0), 2) not in writer.scalars  # no batch: no training loss
+    assert [t for t, _, step in writer.scalars if t.startswith("cotraining/")] == [
+        "cotraining/val_accuracy_view0",
+        "cotraining/val_accuracy_view1",
+        "cotraining/val_accuracy_ensemble",
+        "cotraining/pseudo_label_accuracy",
+        "cotraining/pool_size",
+        "cotraining/added_view0",
+        "cotraining/added_view1",
+        "cotraining/conflicts",
+    ]
+    assert "iteration 1 model 1 epoch 1: train loss 1.5000, val accuracy 0.5000, val loss 0.2500" in caplog.text
+    assert "iteration 1 model 1 epoch 2: train loss nan, val accuracy 0.7500, val loss 0.1250" in caplog.text
+    assert (
+        "iteration 1/3: val accuracy 0.5000 / 0.2500 / ensemble 0.7500; added 1 + 2 pseudo-labels (accuracy 0.500), "
+        "0 conflicts, pool 3"
+    ) in caplog.text
+    log.round(_row(2), iterations=3)  # no pseudo-label accuracy: no scalar, "n/a" in the line
+    assert ("cotraining/pseudo_label_accuracy", None, 2) not in writer.scalars
+    log.write()
+    assert json.loads((tmp_path / "cotraining_log.json").read_text()) == log.history
+    rows = list(csv.DictReader((tmp_path / "cotraining_log.csv").open()))
+    assert list(rows[0]) == list(LOG_FIELDS) and rows[1]["pseudo_label_accuracy"] == "" and rows[0]["k"] == "2"
+    assert plotted == [(2, tmp_path / "cotraining_accuracy.png")]
+    log.close()
+    assert writer.scalars[-1][0] == "closed" and log._writer is None
+    log.close()  # twice is fine
+    again = CoTrainingLog(tmp_path)
+    again.load_state_dict(log.state_dict())
+    assert again.history == log.history and again.global_epoch == [0, 2]
+    again.load_state_dict({"history": []})  # a checkpoint from before global_epoch
+    assert again.global_epoch == [0, 0]
+    (tmp_path / "no_png").mkdir()  # plot=None: no PNG
+    CoTrainingLog(tmp_path / "no_png").write()
+    assert sorted(p.name for p in (tmp_path / "no_png").iterdir()) == ["cotraining_log.csv", "cotraining_log.json"]
+
+
+def test_restore_optimizer_keeps_or_restarts_the_schedule(tmp_path, caplog):
+    def parts(lr: float, factor: float = 0.5):
+        net = torch.nn.Linear(2, 2)
+        opt = torch.optim.Adam(net.parameters(), lr=lr)
+        return opt, torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=factor, patience=1)
+
+    opt, sched = parts(1e-2)
+    for loss in (1.0, 2.0, 2.0, 2.0):
+        sched.step(loss)
+    ckpt = {"optimizer0": opt.state_dict(), "lr_scheduler0": sched.state_dict(), "config_lr0": [1e-2]}
+    assert opt.param_groups[0]["lr"] == pytest.approx(5e-3)
+    # same config: the schedule's progress (and the reduced lr) come back
+    opt2, sched2 = parts(1e-2)
+    restore_optimizer(opt2, sched2, ckpt, 0, [1e-2], tmp_path / "c.pt", "fix")
+    assert sched2.best == 1.0 and opt2.param_groups[0]["lr"] == pytest.approx(5e-3)
+    # another learning rate, or another scheduler setting: optimizer state kept, schedule from the config
+    for lr, factor in ((1e-3, 0.5), (1e-2, 0.1)):
+        opt3, sched3 = parts(lr, factor)
+        with caplog.at_level("WARNING", logger="tlk_components.engines.trainers.cotraining"):
+            restore_optimizer(opt3, sched3, ckpt, 0, [lr], tmp_path / "c.pt", "fix")
+        assert opt3.param_groups[0]["lr"] == pytest.approx(lr) and sched3.best == float("inf")
+        assert "learning rate or scheduler settings of model 0 changed" in caplog.text
+        caplog.clear()
+    with pytest.raises(ConfigError, match="optimizer1"):
+        restore_optimizer(opt2, None, {"optimizer1": {"state": {}, "param_groups": []}}, 1, [1e-2], "c.pt", "fix")
+
+
+def test_engine_exposes_its_parts(tiny, tmp_path):
+    tr = _trainer(load_splits(tiny), tmp_path, iterations=3, max_epochs=2, threshold=0.3)
+    assert isinstance(tr.settings, CoTrainingSettings) and tr.settings.threshold == 0.3
+    assert (tr.mode, tr.iterations, tr.max_epochs) == ("cotraining", 3, 2)
+    assert tr.amp is False and tr.history == [] and tr.pools is None
+    tr._initial_state()
+    assert tr.pool is tr.pools.pool and tr.train_ids is tr.pools.train_ids and len(tr.train_pseudo) == 2

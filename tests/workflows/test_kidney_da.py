@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -35,14 +36,14 @@ def test_label_free_verification_never_opens_target_labels(tiny: Path, tmp_path:
     shutil.copytree(tiny, data)
     for seg in (data / "kits19").glob("case_*/segmentation.nii.gz"):
         seg.write_bytes(b"corrupt")
-    src, tgt = kidney.source_dir(data), kidney.target_dir(data)
-    assert prepare_domains(data, tmp_path / "demo", src, tgt, target_labels=False) == str(data)
+    layout = kidney.resolve_layout(data)
+    assert prepare_domains(layout, tmp_path / "demo", target_labels=False) is layout
     with pytest.raises(DatasetError) as err:
-        prepare_domains(data, tmp_path / "demo", src, tgt, target_labels=True)
+        prepare_domains(layout, tmp_path / "demo", target_labels=True)
     assert all(f"case_0000{i}" in str(err.value) for i in range(4))  # every bad case is listed
     (data / "kits19" / "case_00001" / "imaging.nii.gz").write_bytes(b"corrupt")
     with pytest.raises(DatasetError, match="case_00001"):
-        prepare_domains(data, tmp_path / "demo", src, tgt, target_labels=False)
+        prepare_domains(layout, tmp_path / "demo", target_labels=False)
 
 
 def test_patch_label_share_equals_brute_force_over_patch_positions() -> None:
@@ -68,7 +69,7 @@ def test_patch_label_share_equals_brute_force_over_patch_positions() -> None:
 def test_patch_size_prior_is_cached_and_scaled(tiny: Path, tmp_path: Path) -> None:
     from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, MapLabelValued
 
-    items = kidney.amos22_datalist(kidney.source_dir(tiny))
+    items = kidney.amos22_datalist(kidney.resolve_layout(tiny).source)
     pre = Compose(
         [
             LoadImaged(["image", "label"]),
@@ -222,7 +223,7 @@ def test_quantile_matching_maps_target_body_percentiles_to_the_source(tmp_path: 
 
 
 def test_with_labels_pairs_a_separate_labels_folder(tiny: Path, tmp_path: Path) -> None:
-    items = kidney.kits19_datalist(kidney.target_dir(tiny), labels=False)
+    items = kidney.kits19_datalist(kidney.resolve_layout(tiny).target, labels=False)
     labels = tmp_path / "labels"
     labels.mkdir()
     for item in items[:-1]:  # flat <case>.nii.gz layout; the last case gets no label
@@ -247,7 +248,7 @@ def test_intensity_alignment_undoes_a_linear_scanner_shift(tiny: Path, tmp_path:
 
     from tlk_components.adaptation.intensity import IntensityAlignd, ensure_alignment
 
-    src = kidney.amos22_datalist(kidney.source_dir(tiny))
+    src = kidney.amos22_datalist(kidney.resolve_layout(tiny).source)
     shifted = []
     for i, item in enumerate(src):  # the same anatomy, reconstructed as 1.2 x HU + 40
         img = nib.load(item["image"])
@@ -270,10 +271,41 @@ def test_intensity_alignment_undoes_a_linear_scanner_shift(tiny: Path, tmp_path:
 
 
 def test_domain_folders_of_a_demo_folder_not_written_yet(tmp_path: Path) -> None:
-    # configs evaluate source_dir/target_dir BEFORE the demo is written on first use: they must already point inside
+    # configs resolve the layout BEFORE the demo is written on first use: it must already point inside
     fresh = tmp_path / "fresh"
-    assert kidney.source_dir(fresh) == str(fresh / "amos22") and kidney.target_dir(fresh) == str(fresh / "kits19")
+    layout = kidney.resolve_layout(fresh)
+    assert layout.kind == "demo" and layout.source == fresh / "amos22" and layout.target == fresh / "kits19"
+    assert (layout.source_kind, layout.target_kind, layout.target_given) == ("amos22", "kits19", True)
     fresh.mkdir()
-    assert kidney.source_dir(fresh) == str(fresh / "amos22")
-    (fresh / "case_00000").mkdir()  # a plain KiTS19 folder stays itself
-    assert kidney.target_dir(fresh) == str(fresh)
+    assert kidney.resolve_layout(fresh).source == fresh / "amos22"
+    (fresh / "case_00000").mkdir()  # a plain KiTS19 folder stays itself, and is both domains
+    layout = kidney.resolve_layout(fresh)
+    assert (layout.kind, layout.target, layout.source, layout.target_given) == ("kits19", fresh, fresh, False)
+
+
+def test_layout_finds_each_public_layout_and_the_explicit_folders(tmp_path: Path) -> None:
+    clone = tmp_path / "kits19_clone"
+    (clone / "data" / "case_00000").mkdir(parents=True)  # the official repository keeps the cases in data/
+    layout = kidney.resolve_layout(clone)
+    assert layout.kind == "kits19" and layout.target == clone / "data" and layout.target_kind == "kits19"
+    btcv = tmp_path / "btcv"
+    (btcv / "imagesTr").mkdir(parents=True)
+    amos = tmp_path / "amos"
+    amos.mkdir()
+    (amos / "dataset.json").write_text(json.dumps({"labels": {str(k): v for k, v in kidney.AMOS_CLASS_NAMES.items()}}))
+    assert kidney.resolve_layout(btcv).kind == "btcv" and kidney.resolve_layout(amos).kind == "amos22"
+    layout = kidney.resolve_layout(tmp_path / "unused", source_dir=amos, target_dir=clone)
+    assert (layout.source, layout.source_kind) == (amos, "amos22")
+    assert (layout.target, layout.target_kind, layout.target_given) == (clone / "data", "kits19", True)
+    with pytest.raises(DatasetError, match="target folder .*missing_target: does not exist; expected KiTS19"):
+        kidney.resolve_layout(clone, target_dir=tmp_path / "missing_target").target_datalist()
+    (clone / "data" / "case_00000").rmdir()
+    with pytest.raises(DatasetError, match="no known layout"):
+        kidney.resolve_layout(clone).source_datalist()
+
+
+def test_prepare_domains_writes_the_demo_of_a_layout_resolved_before_it_existed(tmp_path: Path) -> None:
+    demo = tmp_path / "demo"
+    layout = kidney.resolve_layout(demo)
+    assert prepare_domains(layout, demo, target_labels=False) is layout
+    assert layout.source_datalist("all") and layout.target_datalist("all", labels=False)

@@ -27,8 +27,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     ensure_alignment(
         root / "intensity_alignment.json",
-        kidney.amos22_datalist(kidney.source_dir(data), split="train"),
-        kidney.kits19_datalist(kidney.target_dir(data), split="train", labels=False),
+        kidney.amos22_datalist(kidney.resolve_layout(data).source, split="train"),
+        kidney.kits19_datalist(kidney.resolve_layout(data).target, split="train", labels=False),
     )
     return root
 
@@ -72,7 +72,7 @@ def test_source_patches_oversample_the_kidney(demo: Path) -> None:
     cached = ds._cache[0]
     assert all(s > 16 for s in cached["image"].shape[1:])  # whole body-cropped volume, sampled by patches
     # the body crop dropped the air around the patient: the cached volume is smaller than the resampled scan
-    raw = kidney.amos22_datalist(kidney.source_dir(demo / "data"), split="train")[0]
+    raw = kidney.amos22_datalist(kidney.resolve_layout(demo / "data").source, split="train")[0]
     import nibabel as nib
 
     img = nib.as_closest_canonical(nib.load(raw["image"]))
@@ -134,7 +134,7 @@ def test_size_prior_is_the_kidney_share_of_a_random_source_patch(demo: Path) -> 
     crop = RandSpatialCropd(["image", "label"], roi_size=[16, 16, 16], random_size=False)
     crop.set_random_state(0)
     shares, body_kid, body = [], 0, 0
-    for item in kidney.amos22_datalist(kidney.source_dir(demo / "data"), split="train"):
+    for item in kidney.amos22_datalist(kidney.resolve_layout(demo / "data").source, split="train"):
         case = pre(dict(item))
         shares += [float((crop(case)["label"] > 0).float().mean()) for _ in range(400)]
         import nibabel as nib

@@ -29,3 +29,16 @@ def test_override_values_survive_fire_parsing(value):
 def test_ill_bundle_command_needs_a_config():
     with pytest.raises(ValueError, match="at least one config file"):
         bundle_command([])
+
+
+def test_run_bundle_logs_times_and_reports_a_failure_with_the_log_tail(tmp_path):
+    from tlk_components.zoo.runner import run_bundle
+
+    ok = tmp_path / "ok.json"
+    ok.write_text(json.dumps({"message": "hello", "initialize": [], "run": ["$print('said ' + @message)"]}))
+    elapsed = run_bundle([ok], tmp_path / "logs" / "ok.log", {"message": "bonjour"})
+    assert elapsed > 0 and "said bonjour" in (tmp_path / "logs" / "ok.log").read_text()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"initialize": [], "run": ["$int('not a number')"]}))
+    with pytest.raises(RuntimeError, match=r"(?s)bundle run failed \(exit \d+\).*bad\.log.*not a number"):
+        run_bundle([bad], tmp_path / "bad.log")

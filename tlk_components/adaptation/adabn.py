@@ -21,6 +21,8 @@ import torch
 from ignite.engine import Engine, Events
 from torch.optim.swa_utils import update_bn
 
+from tlk_components.utils.distributed import unwrap_model
+
 __all__ = ["BatchNormRecalibration", "count_batchnorm", "recalibrate_batchnorm"]
 
 logger = logging.getLogger(__name__)
@@ -63,7 +65,7 @@ def recalibrate_batchnorm(
     Raises:
         KeyError: a dict batch without ``image_key``.
     """
-    net = network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
+    net = unwrap_model(network)
     n = count_batchnorm(net)
     if n:
         with torch.no_grad():

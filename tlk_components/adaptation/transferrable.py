@@ -41,6 +41,7 @@ from torch import nn
 from tlk_components.adaptation.backbones import FeatureTaps, tap_points
 from tlk_components.adaptation.dann import DomainAdversarialLoss
 from tlk_components.adaptation.entropy import ConfidentPseudoLabelLoss, EntropyPriorLoss
+from tlk_components.utils.distributed import unwrap_model
 from tlk_components.utils.errors import ConfigError
 from tlk_components.utils.validation import check_in_range, look_up_option
 
@@ -65,12 +66,6 @@ _NEEDS = {  # term -> component attribute that must be set when the weight is > 
     "target_prior": "target_adapter",
     "pseudo_label": "pseudo_label_loss",
 }
-
-
-def _unwrap(module: nn.Module) -> nn.Module:
-    while isinstance(module, nn.DataParallel | nn.parallel.DistributedDataParallel):
-        module = module.module
-    return module
 
 
 def map_logits(logits: torch.Tensor, class_map: Sequence[Sequence[int]] | None) -> torch.Tensor:
@@ -158,7 +153,7 @@ class TransferrableModel(nn.Module):
         needed = [g for g, t in (("encoder", "encoder_adv"), ("decoder", "decoder_adv")) if self.active(t)]
         self.taps: FeatureTaps | None = None
         if needed:
-            inner = _unwrap(backbone)
+            inner = unwrap_model(backbone)
             points = dict(taps) if taps is not None else tap_points(inner)
             missing = [g for g in needed if not points.get(g)]
             if missing:

@@ -47,7 +47,7 @@ from tlk_components.data.kidney import (
     amos22_label_file,
     is_amos_mri,
     kits19_case_file,
-    kits19_root,
+    resolve_layout,
     verify_amos22,
     verify_kits19,
 )
@@ -294,15 +294,13 @@ def convert_kits19(kits_dir: str, out_dir: str, label_strategy: str = "kidney") 
             another kind of conversion, or conflicting case ids); nothing is written then.
     """
     label_strategy = look_up_option("label_strategy", label_strategy, LABEL_STRATEGIES)
-    base = Path(kits_dir)
-    if (base / "kits19").is_dir():
-        base = base / "kits19"
+    base = resolve_layout(kits_dir).target
     out = Path(out_dir)
     _check_not_overlapping(base, out)
     verify_kits19(base).raise_if_bad()
     previous = _previous_conversion(out, "kits19", label_strategy)
     planned: dict[str, tuple[Path, bool]] = {}
-    for case in sorted(p for p in kits19_root(base).glob("case_*") if p.is_dir()):
+    for case in sorted(p for p in base.glob("case_*") if p.is_dir()):
         seg = kits19_case_file(case, "segmentation")
         planned[case.name] = (
             kits19_case_file(case, "imaging"),
@@ -345,9 +343,7 @@ def convert_amos22(amos_dir: str, out_dir: str, label_strategy: str = "amos15") 
             another kind of conversion, or conflicting case ids); nothing is written then.
     """
     label_strategy = look_up_option("label_strategy", label_strategy, LABEL_STRATEGIES)
-    base = Path(amos_dir)
-    if (base / "amos22").is_dir():
-        base = base / "amos22"
+    base = resolve_layout(amos_dir).source
     out = Path(out_dir)
     _check_not_overlapping(base, out)
     verify_amos22(base).raise_if_bad()

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from tlk_components.data.adult_phantoms import (
@@ -57,6 +58,8 @@ __all__ = [
     "AMOS_CLASS_NAMES",
     "AMOS_FIRST_MRI_CASE",
     "AMOS_KIDNEY_CHANNELS",
+    "KidneyLayout",
+    "LAYOUT_KINDS",
     "KITS19_FIRST_TEST_CASE",
     "SIZES",
     "SOURCE_PROFILE",
@@ -64,14 +67,12 @@ __all__ = [
     "amos22_datalist",
     "amos22_label_file",
     "demo_spacing",
-    "detect_layout",
     "is_amos_mri",
     "kits19_case_file",
     "kits19_datalist",
     "kits19_root",
-    "source_dir",
+    "resolve_layout",
     "split_cases",
-    "target_dir",
     "verify_amos22",
     "verify_dataset",
     "verify_kits19",
@@ -212,27 +213,143 @@ def write_demo(out_dir: str | os.PathLike, size: str = "demo", seed: int = 0) ->
 # ------------------------------------------------------------------------------------------------ datalists
 
 
-def _not_written_yet(d: Path) -> bool:
-    return not d.is_dir() or not any(d.iterdir())
+#: What :func:`resolve_layout` finds in a folder: both domains (the demo layout), or one domain in its public layout.
+LAYOUT_KINDS: tuple[str, ...] = ("demo", "kits19", "amos22", "converted", "btcv", "unknown")
 
 
-def source_dir(dataset_dir: str | os.PathLike) -> str:
-    """The AMOS22 folder of a demo-style dataset folder (``dataset_dir/amos22``), else ``dataset_dir`` itself.
+@dataclass(frozen=True)
+class KidneyLayout:
+    """Where the two domains of a kidney DA dataset lie and in which layout: the answer of :func:`resolve_layout`.
 
-    A missing or empty ``dataset_dir`` gives ``dataset_dir/amos22``: the demo writer fills it later (configs
-    evaluate this path before the demo is written on first use).
+    Every datalist of the bundle comes from here (:meth:`source_datalist`, :meth:`target_datalist`), so the layout
+    rules (demo subfolders, the KiTS19 clone's ``data/``, a missing demo written later) live in
+    :func:`resolve_layout` only.
+
+    Attributes:
+        root: the ``--dataset_dir`` folder.
+        kind: what ``root`` holds, one of :data:`LAYOUT_KINDS` (``"demo"``: ``amos22/`` + ``kits19/``, also for a
+            missing or empty folder, which the demo writer fills on first use).
+        source, target: the labelled source and the target folder (a KiTS19 target is the folder holding the
+            ``case_NNNNN`` folders, i.e. ``data/`` of the official repository clone).
+        source_kind, target_kind: the layout of each (``"amos22"``, ``"converted"``, ``"btcv"`` or ``"kits19"``;
+            ``"amos22"`` / ``"kits19"`` for the demo's folders, ``"unknown"`` when nothing matches).
+        target_given: the target is a folder of its own (the demo's ``kits19/`` or an explicit ``--target_dir``),
+            not merely the single-domain ``root``.
     """
-    d = Path(dataset_dir)
-    return str(d / "amos22") if (d / "amos22").is_dir() or _not_written_yet(d) else str(d)
+
+    root: Path
+    kind: str
+    source: Path
+    target: Path
+    source_kind: str
+    target_kind: str
+    target_given: bool = True
+
+    def source_datalist(self, split: str = "all", labels: bool = True, test_fraction: float = 1 / 3) -> list[dict]:
+        """Datalist of the source folder in its layout (AMOS22 / converted, BTCV, or KiTS19 labelled cases).
+
+        Args:
+            split: ``"train"``, ``"test"`` or ``"all"`` (see :func:`split_cases`).
+            labels: include ``"label"`` paths.
+            test_fraction: share of cases in ``"test"``, in (0, 1). Default 1/3.
+
+        Raises:
+            DatasetError: the folder holds no case of its layout.
+        """
+        _check_known(self.source, self.source_kind, "source")
+        if self.source_kind == "kits19":
+            return _kits19_items(self.source, split, test_fraction, labels)
+        if self.source_kind == "btcv":
+            from tlk_components.data.btcv import btcv_datalist
+
+            items = btcv_datalist(self.source, split="all")
+            items = [{"image": d["image"], **({"label": d["label"]} if labels else {})} for d in items]
+            return split_cases(items, split, test_fraction)
+        return _amos22_items(self.source, split, test_fraction, labels)
+
+    def target_datalist(
+        self, split: str = "all", labels: bool = True, dev_fraction: float = 0.0, test_fraction: float = 1 / 3
+    ) -> list[dict]:
+        """Datalist of the target folder: KiTS19 cases (``labels=False``: images only, no label path is ever
+        listed), or the images (and labels) of an AMOS22 / converted target.
+
+        Args:
+            split: ``"train"``, ``"dev"``, ``"test"`` or ``"all"`` (see :func:`split_cases`).
+            labels: include ``"label"`` paths.
+            dev_fraction: share of cases in ``"dev"``, in [0, 1). Default 0.
+            test_fraction: share of cases in ``"test"``, in (0, 1). Default 1/3.
+
+        Raises:
+            DatasetError: the folder holds no case of its layout.
+        """
+        _check_known(self.target, self.target_kind, "target")
+        if self.target_kind == "kits19":
+            return _kits19_items(self.target, split, test_fraction, labels, dev_fraction)
+        return _amos22_items(self.target, split, test_fraction, labels, dev_fraction)
 
 
-def target_dir(dataset_dir: str | os.PathLike) -> str:
-    """The KiTS19 folder of a demo-style dataset folder (``dataset_dir/kits19``), else ``dataset_dir`` itself.
+def _check_known(folder: Path, kind: str, domain: str) -> None:
+    if kind == "unknown":
+        raise DatasetError(
+            f"{domain} folder {folder}: {'does not exist' if not folder.is_dir() else 'no known layout'}; expected "
+            "KiTS19 case_NNNNN/ folders, an AMOS22 or MSD folder with dataset.json, BTCV imagesTr/ or Synapse "
+            "RawData/, or a folder holding amos22/ and kits19/ (pass --dataset_dir, or --source_dir / --target_dir)"
+        )
 
-    A missing or empty ``dataset_dir`` gives ``dataset_dir/kits19`` (see :func:`source_dir`).
+
+def _kits19_like(d: Path) -> bool:
+    return any(p.is_dir() for p in d.glob("case_*")) or any(p.is_dir() for p in (d / "data").glob("case_*"))
+
+
+def _folder_kind(d: Path) -> str:
+    """The layout of one domain folder: ``"kits19"``, ``"amos22"``, ``"converted"``, ``"btcv"`` or ``"unknown"``."""
+    if _kits19_like(d):
+        return "kits19"
+    if (d / "dataset.json").is_file():
+        try:
+            meta = read_dataset_json(d)
+        except DatasetError:
+            return "converted"
+        amos = len(meta.get("labels", {})) == len(AMOS_CLASS_NAMES) and "tlk_conversion" not in meta
+        return "amos22" if amos else "converted"
+    if (d / "imagesTr").is_dir() or (d / "RawData").is_dir() or (d / "Training").is_dir():
+        return "btcv"
+    return "unknown"
+
+
+def resolve_layout(
+    dataset_dir: str | os.PathLike,
+    source_dir: str | os.PathLike | None = None,
+    target_dir: str | os.PathLike | None = None,
+) -> KidneyLayout:
+    """Find the two domains of a kidney DA dataset: the one place that knows the accepted layouts.
+
+    * a folder holding ``amos22/`` and/or ``kits19/`` — or a missing or empty folder, which the demo writer fills
+      on first use (configs resolve the layout before the demo is written) — is the demo layout: source
+      ``amos22/``, target ``kits19/``;
+    * any other folder holds one domain in its public layout (KiTS19 ``case_NNNNN/`` also inside ``data/``,
+      AMOS22 or converted MSD ``dataset.json``, BTCV ``imagesTr/`` or Synapse ``RawData/``) and serves as both.
+
+    Args:
+        dataset_dir: the ``--dataset_dir`` folder.
+        source_dir: the labelled source folder, replacing what ``dataset_dir`` gives (``--source_dir``).
+        target_dir: the target folder, replacing what ``dataset_dir`` gives (``--target_dir``).
+
+    Returns:
+        the :class:`KidneyLayout`. Nothing is verified here (:func:`verify_dataset` does that).
     """
-    d = Path(dataset_dir)
-    return str(d / "kits19") if (d / "kits19").is_dir() or _not_written_yet(d) else str(d)
+    root = Path(dataset_dir)
+    demo = (root / "amos22").is_dir() or (root / "kits19").is_dir() or not root.is_dir() or not any(root.iterdir())
+    kind = "demo" if demo else _folder_kind(root)
+    source = Path(source_dir) if source_dir else (root / "amos22" if demo else root)
+    target = Path(target_dir) if target_dir else (root / "kits19" if demo else root)
+    source_kind = "amos22" if demo and not source_dir and not source.is_dir() else _folder_kind(source)
+    target_kind = "kits19" if demo and not target_dir and not target.is_dir() else _folder_kind(target)
+    if target_kind == "kits19":
+        target = kits19_root(target)
+    if source_kind == "kits19":
+        source = kits19_root(source)
+    return KidneyLayout(root, kind, source, target, source_kind, target_kind, demo or bool(target_dir))
 
 
 def kits19_root(kits_dir: str | os.PathLike) -> Path:
@@ -320,18 +437,27 @@ def split_cases(items: list, split: str, test_fraction: float = 1 / 3, dev_fract
 def amos22_datalist(
     amos_dir: str | os.PathLike, split: str = "all", test_fraction: float = 1 / 3, labels: bool = True
 ) -> list[dict[str, str]]:
-    """Datalist of an AMOS22 folder (from its ``dataset.json`` ``training`` list).
+    """Datalist of an AMOS22 folder (from its ``dataset.json`` ``training`` list; MRI scans left out).
 
     Args:
-        amos_dir: the AMOS22 folder (or a demo folder holding ``amos22/``).
+        amos_dir: the AMOS22 folder (or a demo folder holding ``amos22/``; see :func:`resolve_layout`).
         split: ``"train"`` (first cases), ``"test"`` (last ``test_fraction``, at least one) or ``"all"``.
         test_fraction: share of cases held out for ``"test"``, in (0, 1). Default 1/3.
         labels: include ``"label"`` paths.
 
     Returns:
         ``[{"image": path, "label": path}, ...]`` sorted by case id.
+
+    Raises:
+        DatasetError: no readable ``dataset.json``.
     """
-    pairs = msd_pairs(source_dir(amos_dir), keys=("training",))
+    return _amos22_items(resolve_layout(amos_dir).source, split, test_fraction, labels)
+
+
+def _amos22_items(
+    base: Path, split: str, test_fraction: float, labels: bool, dev_fraction: float = 0.0
+) -> list[dict[str, str]]:
+    pairs = msd_pairs(base, keys=("training",))
     mri = [p for p in pairs if is_amos_mri(p.image)]
     if mri:
         logger.info(
@@ -340,7 +466,7 @@ def amos22_datalist(
         )
         pairs = [p for p in pairs if not is_amos_mri(p.image)]
     items = [{"image": str(p.image), **({"label": str(p.label)} if labels and p.label else {})} for p in pairs]
-    return split_cases(items, split, test_fraction)
+    return split_cases(items, split, test_fraction, dev_fraction)
 
 
 def kits19_datalist(
@@ -355,7 +481,8 @@ def kits19_datalist(
     With ``labels=False`` the items hold only ``"image"``, so adaptation never sees a target label path.
 
     Args:
-        kits_dir: the KiTS19 folder (or a demo folder holding ``kits19/``).
+        kits_dir: the KiTS19 folder (or a demo folder holding ``kits19/``, or the repository clone with
+            ``data/``; see :func:`resolve_layout`).
         split: ``"train"`` (first cases, for adaptation and the oracle), ``"dev"`` (the cases before ``test``, for
             choosing settings and the oracle's model selection), ``"test"`` (last ``test_fraction``, at least one;
             for evaluation only) or ``"all"`` (see :func:`split_cases`).
@@ -366,7 +493,12 @@ def kits19_datalist(
     Raises:
         DatasetError: the folder holds no ``case_*`` folders.
     """
-    base = kits19_root(target_dir(kits_dir))
+    return _kits19_items(resolve_layout(kits_dir).target, split, test_fraction, labels, dev_fraction)
+
+
+def _kits19_items(
+    base: Path, split: str, test_fraction: float, labels: bool, dev_fraction: float = 0.0
+) -> list[dict[str, str]]:
     cases = sorted(p for p in base.glob("case_*") if p.is_dir())
     if not cases:
         raise DatasetError(f"{base}: no case_NNNNN folders; expected the KiTS19 layout (case_00000/imaging.nii.gz)")
@@ -387,26 +519,6 @@ def _kits_case_number(name: str) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- verification
-
-
-def detect_layout(dataset_dir: str | os.PathLike) -> str:
-    """``"demo"`` (amos22/ + kits19/), ``"kits19"``, ``"amos22"``, ``"converted"`` (MSD json) or ``"unknown"``."""
-    d = Path(dataset_dir)
-    if (d / "amos22").is_dir() or (d / "kits19").is_dir():
-        return "demo"
-    if any(p.is_dir() for p in kits19_root(d).glob("case_*")):
-        return "kits19"
-    if (d / "dataset.json").is_file():
-        try:
-            labels = read_dataset_json(d).get("labels", {})
-        except DatasetError:
-            return "converted"
-        return (
-            "amos22"
-            if len(labels) == len(AMOS_CLASS_NAMES) and "tlk_conversion" not in read_dataset_json(d)
-            else "converted"
-        )
-    return "unknown"
 
 
 def verify_kits19(kits_dir: str | os.PathLike, report: DatasetReport | None = None) -> DatasetReport:
@@ -506,7 +618,7 @@ def verify_dataset(dataset_dir: str | os.PathLike) -> DatasetReport:
             "kits19/), or --source_dir and --target_dir",
         )
         return report
-    layout = detect_layout(base)
+    layout = resolve_layout(base).kind
     if layout == "demo":
         for sub, fn in (("amos22", verify_amos22), ("kits19", verify_kits19)):
             if not (base / sub).is_dir():

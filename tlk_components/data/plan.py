@@ -220,29 +220,16 @@ def load_plans(plans_file: str | os.PathLike) -> dict[str, Any]:
 
 
 def _domain_lists(dataset_dir: Path, source_dir: str | None, target_dir: str | None) -> tuple[list, list | None]:
-    from tlk_components.data import kidney
-    from tlk_components.data.btcv import btcv_datalist
+    """The cases :func:`plan` fingerprints: the source's (KiTS19: its ``train`` split, else all) and, when the
+    target is a folder of its own (the demo's ``kits19/`` or ``target_dir``), the target's images."""
+    from tlk_components.data.kidney import resolve_layout
 
-    src = Path(source_dir) if source_dir else None
-    tgt = Path(target_dir) if target_dir else None
-    if src is None and kidney.detect_layout(dataset_dir) == "demo":
-        src, tgt = Path(kidney.source_dir(dataset_dir)), tgt or Path(kidney.target_dir(dataset_dir))
-    src = src or dataset_dir
-    if kidney.detect_layout(src) == "kits19":
-        source_list = kidney.kits19_datalist(src, split="train")
-    else:
-        source_list = (
-            btcv_datalist(src, split="all")
-            if not (src / "dataset.json").is_file()
-            else kidney.amos22_datalist(src, split="all")
-        )
-    target_list = None
-    if tgt is not None:
-        if kidney.detect_layout(tgt) == "kits19":
-            target_list = kidney.kits19_datalist(tgt, split="train", labels=False)
-        else:
-            target_list = [{"image": d["image"]} for d in kidney.amos22_datalist(tgt, split="all", labels=False)]
-    return source_list, target_list
+    layout = resolve_layout(dataset_dir, source_dir, target_dir)
+    source_list = layout.source_datalist("train" if layout.source_kind == "kits19" else "all")
+    if not layout.target_given:
+        return source_list, None
+    split = "train" if layout.target_kind == "kits19" else "all"
+    return source_list, layout.target_datalist(split, labels=False)
 
 
 def plan(
@@ -257,8 +244,9 @@ def plan(
 ) -> str:
     """Fingerprint the dataset and write ``plans.json`` (atomically).
 
-    The source is ``dataset_dir/amos22`` for a demo-style folder, else ``source_dir`` or ``dataset_dir``
-    (AMOS22, MSD/converted or BTCV layout); the target (optional) is fingerprinted without reading labels.
+    The domains are found by :func:`tlk_components.data.kidney.resolve_layout` (the demo's ``amos22/`` and
+    ``kits19/``, else ``dataset_dir`` as the source; ``source_dir`` / ``target_dir`` replace them); the target, when
+    there is one, is fingerprinted without reading labels.
 
     Args:
         dataset_dir: dataset folder.

@@ -5,11 +5,12 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["distributed_device", "init_distributed", "is_rank0", "rank", "sync_batchnorm"]
+__all__ = ["distributed_device", "init_distributed", "is_rank0", "rank", "sync_batchnorm", "unwrap_model"]
 
 
 def init_distributed(backend: str = "auto") -> torch.device:
@@ -62,3 +63,14 @@ def sync_batchnorm(module: torch.nn.Module, device: torch.device | str) -> torch
     if torch.device(device).type == "cuda":
         return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
     return module
+
+
+def unwrap_model(obj: Any) -> Any:
+    """The network inside ``DistributedDataParallel`` / ``DataParallel`` wrappers (nested ones too), else ``obj``.
+
+    Saved state dicts then carry no ``module.`` prefix, and code that looks for a network's own attributes or layers
+    finds them whether or not ``multi_gpu_train.json`` wrapped it.
+    """
+    while isinstance(obj, torch.nn.DataParallel | torch.nn.parallel.DistributedDataParallel):
+        obj = obj.module
+    return obj

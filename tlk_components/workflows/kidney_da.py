@@ -68,56 +68,52 @@ def _inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
 
 
 def prepare_domains(
-    dataset_dir: str | os.PathLike,
+    layout: kidney.KidneyLayout,
     demo_dir: str | os.PathLike,
-    source_dir: str | os.PathLike,
-    target_dir: str | os.PathLike,
     target_labels: bool = True,
-) -> str:
+) -> kidney.KidneyLayout:
     """Write the demo when needed, then verify the source fully and the target (labels only if allowed).
 
     Args:
-        dataset_dir: folder holding both domains (``amos22/`` + ``kits19/``); the demo folder by default.
-        demo_dir: the bundle's demo folder (written on first use when ``dataset_dir`` is it).
-        source_dir, target_dir: the two domains (default: inside ``dataset_dir``).
+        layout: where the domains are (:func:`tlk_components.data.kidney.resolve_layout` of ``--dataset_dir``,
+            ``--source_dir``, ``--target_dir``).
+        demo_dir: the bundle's demo folder (written on first use when ``layout.root`` is it).
         target_labels: False for label-free adaptation: the target is verified from its images alone.
 
     Returns:
-        ``dataset_dir`` as a string.
+        ``layout``.
 
     Raises:
         DatasetError: listing every bad case of both domains.
     """
-    d = Path(dataset_dir)
-    ensure_demo(BUNDLE, kidney.write_demo, d, demo_dir)
-    if target_labels and _inside(source_dir, d) and _inside(target_dir, d):
-        return prepare_dataset(BUNDLE, d, demo_dir)
-    report = DatasetReport(f"{source_dir} + {target_dir}", fix=kidney._FIX)
-    src = kidney.verify_dataset(source_dir)
+    ensure_demo(BUNDLE, kidney.write_demo, layout.root, demo_dir)
+    if target_labels and _inside(layout.source, layout.root) and _inside(layout.target, layout.root):
+        prepare_dataset(BUNDLE, layout.root, demo_dir)
+        return layout
+    report = DatasetReport(f"{layout.source} + {layout.target}", fix=kidney._FIX)
+    src = kidney.verify_dataset(layout.source)
     report.problems += src.problems
     report.n_cases += src.n_cases
     if target_labels:
-        tgt = kidney.verify_dataset(target_dir)
+        tgt = kidney.verify_dataset(layout.target)
         report.problems += tgt.problems
         report.n_cases += tgt.n_cases
     else:
         try:
-            items = kidney.kits19_datalist(target_dir, split="all", labels=False)
+            items = layout.target_datalist("all", labels=False)
         except DatasetError as e:
-            report.add(str(target_dir), str(e))
+            report.add(str(layout.target), str(e))
             items = []
         pairs = [CasePair(Path(it["image"]).parent.name, Path(it["image"]), None) for it in items]
         if pairs:
             check_pairs(pairs, report, require_labels=False)
             report.n_cases += len(pairs)
     report.raise_if_bad()
-    return str(d)
+    return layout
 
 
 def prepare_stage(
-    dataset_dir: str | os.PathLike,
-    source_dir: str | os.PathLike,
-    target_dir: str | os.PathLike,
+    layout: kidney.KidneyLayout,
     plans_file: str | os.PathLike,
     plan_settings: Mapping[str, Any],
     alignment_file: str | os.PathLike,
@@ -135,7 +131,7 @@ def prepare_stage(
     :func:`prepare_domains` because its datalists can only be read once the demo data exist.
 
     Args:
-        dataset_dir, source_dir, target_dir: see :func:`prepare_domains`.
+        layout: where the domains are (see :func:`prepare_domains`).
         plans_file: where the plan is (written when missing).
         plan_settings: keyword arguments of :func:`tlk_components.data.plan.plan` (``max_patch_voxels``,
             ``memory_voxels``).
@@ -148,7 +144,7 @@ def prepare_stage(
     Returns:
         ``plans_file`` as a string.
     """
-    ensure_plans(dataset_dir, plans_file, source_dir=source_dir, target_dir=target_dir, **dict(plan_settings))
+    ensure_plans(layout.root, plans_file, source_dir=layout.source, target_dir=layout.target, **dict(plan_settings))
     ensure_alignment(alignment_file, source_train_list, target_train_list, enabled=align_intensity)
     if quantile_map_file is not None:
         ensure_quantile_map(quantile_map_file, source_train_list, target_train_list)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["bundle_command", "format_override"]
+__all__ = ["bundle_command", "format_override", "run_bundle"]
 
 
 def format_override(value: Any) -> str:
@@ -49,3 +51,39 @@ def bundle_command(config_files: Sequence[str | os.PathLike], overrides: Mapping
     for key, value in (overrides or {}).items():
         cmd += [f"--{key.replace('__', '#')}", format_override(value)]
     return cmd
+
+
+def run_bundle(
+    config_files: Sequence[str | os.PathLike],
+    log: str | os.PathLike,
+    overrides: Mapping[str, Any] | None = None,
+    cwd: str | os.PathLike | None = None,
+) -> float:
+    """Run ``python -m monai.bundle run`` in a subprocess, its output into ``log``; return the wall time in seconds.
+
+    Args:
+        config_files, overrides: see :func:`bundle_command`.
+        log: file that receives stdout and stderr (its folder is created).
+        cwd: working folder of the run; default the log's folder (a bundle runs from any folder).
+
+    Raises:
+        RuntimeError: the run exited non-zero; the message holds the command and the last 4000 characters of the log.
+    """
+    log = os.fspath(log)
+    os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)
+    cmd = bundle_command(config_files, overrides)
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.run(
+            cmd,
+            cwd=os.fspath(cwd) if cwd is not None else os.path.dirname(os.path.abspath(log)),
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        with open(log) as f:
+            tail = f.read()[-4000:]
+        raise RuntimeError(f"bundle run failed (exit {proc.returncode}): {' '.join(cmd)}\nlog {log}:\n{tail}")
+    return elapsed

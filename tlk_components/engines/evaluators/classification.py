@@ -18,9 +18,8 @@ from ignite.engine import Engine, Events
 from ignite.metrics import ConfusionMatrix, MetricsLambda
 from ignite.metrics.confusion_matrix import cmRecall
 
-from tlk_components.engines.handlers.checkpoint import unwrap_model
 from tlk_components.engines.handlers.reporting import save_bar_chart, save_figure
-from tlk_components.utils.distributed import is_rank0
+from tlk_components.utils.distributed import is_rank0, unwrap_model
 from tlk_components.utils.validation import check_positive_int
 
 __all__ = ["ClassificationReport", "class_labels", "confusion_matrix", "per_class_accuracy"]

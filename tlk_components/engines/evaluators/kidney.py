@@ -61,7 +61,7 @@ import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
 
-from tlk_components.data.kidney import kits19_case_file, kits19_root, target_dir
+from tlk_components.data.kidney import kits19_case_file, resolve_layout
 from tlk_components.engines.evaluators.segmentation import write_csv
 from tlk_components.engines.handlers.reporting import save_figure, to_jsonable
 from tlk_components.utils.errors import ConfigError, DatasetError
@@ -286,7 +286,7 @@ def _label_map(img: nib.Nifti1Image, path: Path, what: str, max_value: int) -> n
 
 def _kits_root(kits_dir: str | os.PathLike) -> Path:
     base = Path(kits_dir)
-    root = kits19_root(target_dir(base)) if base.is_dir() else base
+    root = resolve_layout(base).target if base.is_dir() else base
     if root.is_dir() and any(p.is_dir() for p in root.glob("case_*")):
         return root
     raise DatasetError(
@@ -308,7 +308,7 @@ def _kits_labels(root: Path) -> dict[str, Path | None]:
 
 def _amos_root(amos_dir: str | os.PathLike) -> Path:
     base = Path(amos_dir)
-    tried = [base, base / "amos22"]
+    tried = [resolve_layout(base).source]  # the folder itself, or amos22/ of a demo-style folder
     for d in tried:
         if (d / "dataset.json").is_file() or any((d / s).is_dir() for s in ("labelsTr", "labelsVa", "labelsTs")):
             return d

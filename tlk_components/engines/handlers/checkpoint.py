@@ -41,7 +41,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from tlk_components.adaptation.transferrable import TransferrableModel
-from tlk_components.utils.distributed import is_rank0
+from tlk_components.utils.distributed import is_rank0, unwrap_model
 from tlk_components.utils.errors import ConfigError
 from tlk_components.utils.io import (
     atomic_torch_save,
@@ -51,16 +51,16 @@ from tlk_components.utils.io import (
 )
 from tlk_components.utils.runtime import run_fingerprint
 
-__all__ = ["AtomicCheckpointSaver", "FinalModelSaver", "ResumeFromLast", "RunLock", "check_same_run", "unwrap_model"]
+__all__ = [
+    "AtomicCheckpointSaver",
+    "FinalModelSaver",
+    "ResumeFromLast",
+    "RunLock",
+    "check_same_run",
+    "schedule_settings",
+]
 
 logger = logging.getLogger(__name__)
-
-
-def unwrap_model(obj: Any) -> Any:
-    """Strip ``DistributedDataParallel`` / ``DataParallel`` wrappers so saved keys have no ``module.`` prefix."""
-    while isinstance(obj, torch.nn.DataParallel | torch.nn.parallel.DistributedDataParallel):
-        obj = obj.module
-    return obj
 
 
 def _state(obj: Any) -> Any:
@@ -203,7 +203,9 @@ class AtomicCheckpointSaver:
 _SCHEDULER_PROGRESS = frozenset({"last_epoch", "_step_count", "_last_lr", "_get_lr_called_within_step", "_is_initial"})
 
 
-def _schedule_settings(state: Mapping[str, Any]) -> dict[str, Any]:
+def schedule_settings(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A learning-rate scheduler's ``state_dict`` without its progress (step counts, last rates): its settings, which
+    resuming compares with the config's to decide whether the schedule restarts."""
     return {k: v for k, v in state.items() if k not in _SCHEDULER_PROGRESS}
 
 
@@ -403,7 +405,7 @@ class ResumeFromLast:
     ) -> None:
         """Load the scheduler's state, or rebuild it from the config when its settings changed (epochs, lr)."""
         current = sched.state_dict()
-        changed = _differences(_schedule_settings(saved), _schedule_settings(current))
+        changed = _differences(schedule_settings(saved), schedule_settings(current))
         if not changed:
             load_state_dict_checked(sched, saved, self.path, name=name, fix=fix)
             return

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from ignite.engine import Engine, Events
 
-from tlk_components.engines.handlers.checkpoint import unwrap_model
+from tlk_components.utils.distributed import unwrap_model
 from tlk_components.utils.errors import ConfigError
 from tlk_components.utils.io import load_weights
 

@@ -60,8 +60,8 @@ from monai.transforms import MapTransform
 from nibabel.orientations import apply_orientation, io_orientation
 from torch import nn
 
-from tlk_components.engines.handlers.checkpoint import unwrap_model
 from tlk_components.engines.inference.segmentation import add_lr_markers, axial_display, display_window, save_nifti_like
+from tlk_components.utils.distributed import unwrap_model
 from tlk_components.utils.errors import ConfigError
 from tlk_components.utils.validation import check_in_range, check_positive_int, look_up_option, parse_flag
 

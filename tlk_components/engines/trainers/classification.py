@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tlk_components.engines.handlers.checkpoint import unwrap_model
+from tlk_components.utils.distributed import unwrap_model
 from tlk_components.utils.errors import ConfigError
 from tlk_components.utils.validation import check_in_range, check_positive_int
 

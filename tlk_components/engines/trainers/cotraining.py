@@ -6,12 +6,15 @@ the unlabelled samples it is most confident about for the other (see
 :mod:`tlk_components.engines.trainers.pseudo_label`), with a run lock, checkpoints and resume, a log of every round
 (CSV + PNG) and the modes ``cotraining``, ``labelled_only`` (the supervised baseline) and ``all_labels``
 (the upper bound).
+
+The engine is put together from smaller pieces: its settings, training sets, unlabelled pool and progress
+(:mod:`~tlk_components.engines.trainers.cotraining_state`), one view's training round
+(:mod:`~tlk_components.engines.trainers.cotraining_view`) and its log
+(:mod:`~tlk_components.engines.trainers.cotraining_log`).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -20,35 +23,33 @@ from typing import Any
 
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
-from ignite.metrics import Accuracy, Loss
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from tlk_components.data.cotraining import TwoViewSamples, TwoViewSplits, read_pairs_csv
-from tlk_components.engines.handlers.checkpoint import (
-    AtomicCheckpointSaver,
-    RunLock,
-    _schedule_settings,
-    check_same_run,
-    unwrap_model,
+from tlk_components.engines.handlers.checkpoint import AtomicCheckpointSaver, RunLock, check_same_run
+from tlk_components.engines.handlers.reporting import save_figure
+from tlk_components.engines.trainers.cotraining_log import LOG_FIELDS, LOG_NAME, PLOT_NAME, CoTrainingLog
+from tlk_components.engines.trainers.cotraining_state import (
+    MODES,
+    CoTrainingPools,
+    CoTrainingProgress,
+    CoTrainingSettings,
+    accuracy_or_none,
+    restore_optimizer,
 )
-from tlk_components.engines.handlers.reporting import save_figure, to_jsonable
-from tlk_components.engines.handlers.training import StopOnNonFiniteLoss
-from tlk_components.engines.trainers.pseudo_label import exchange_pseudo_labels
+from tlk_components.engines.trainers.cotraining_view import LabelledView, ViewTrainingRound
 from tlk_components.networks.two_view import TwoViewClassifier, ensemble_probabilities, two_view_state_dict
-from tlk_components.utils.distributed import is_rank0
+from tlk_components.utils.distributed import is_rank0, unwrap_model
 from tlk_components.utils.errors import ConfigError, DatasetError
 from tlk_components.utils.io import (
     atomic_torch_save,
     atomic_write_json,
-    atomic_write_text,
     load_state_dict_checked,
     load_weights,
     move_aside,
 )
 from tlk_components.utils.runtime import run_fingerprint
-from tlk_components.utils.validation import check_positive_int, check_probability, look_up_option
 
 __all__ = [
     "LOG_FIELDS",
@@ -72,40 +73,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-MODES = ("cotraining", "labelled_only", "all_labels")
-
-
 #: File name of both best models together: the state dict of the bundle's ``network_def`` (``TwoViewClassifier``).
 MODEL_NAME = "model.pt"
-
-
-LOG_NAME = "cotraining_log"
-
-
-PLOT_NAME = "cotraining_accuracy.png"
-
-
-LOG_FIELDS = (
-    "iteration",
-    "mode",
-    "train_size_view0",
-    "train_size_view1",
-    "epochs_view0",
-    "epochs_view1",
-    "lr_view0",
-    "lr_view1",
-    "val_accuracy_view0",
-    "val_accuracy_view1",
-    "val_accuracy_ensemble",
-    "k",
-    "added_view0",
-    "added_view1",
-    "pseudo_label_accuracy_view0",
-    "pseudo_label_accuracy_view1",
-    "pseudo_label_accuracy",
-    "conflicts",
-    "pool_size",
-)
 
 
 def _pair(name: str, value: Any, allow_none: bool = False) -> list[Any]:
@@ -236,27 +205,6 @@ class TwoViewDataset(Dataset):
         return {"image": torch.cat([x0, x1]), "label": torch.tensor(int(self.labels[i]), dtype=torch.long)}
 
 
-class _LabelledView(Dataset):
-    """``{"image", "label"}`` items for sample ids ``ids`` of one view (labels may be pseudo-labels)."""
-
-    def __init__(self, images: ViewImages, ids: np.ndarray, labels: np.ndarray, augmentation: Callable | None) -> None:
-        self.images, self.ids, self.labels, self.augmentation = (
-            images,
-            np.asarray(ids),
-            np.asarray(labels),
-            augmentation,
-        )
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        x = self.images[int(self.ids[i])]
-        if self.augmentation is not None:
-            x = torch.as_tensor(self.augmentation(x), dtype=torch.float32)
-        return {"image": x, "label": torch.tensor(int(self.labels[i]), dtype=torch.long)}
-
-
 @torch.no_grad()
 def predict_proba(
     network: nn.Module,
@@ -329,12 +277,6 @@ def read_class_names(ckpt_dir: str | os.PathLike) -> list[str]:
         ) from None
 
 
-def accuracy_or_none(pred: np.ndarray, truth: np.ndarray) -> float | None:
-    """Share of correct predictions over the samples with a known label (``truth >= 0``); None when none is known."""
-    known = truth >= 0
-    return float((pred[known] == truth[known]).mean()) if known.any() else None
-
-
 def plot_cotraining_log(history: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
     """PNG per co-training iteration: validation accuracy of each model and the ensemble, the accuracy of the
     pseudo-labels added (where their true class is known), and the pool / training-set sizes."""
@@ -372,19 +314,63 @@ def plot_cotraining_log(history: Sequence[Mapping[str, Any]], path: str | os.Pat
     return save_figure(fig, path)
 
 
-#: Entries of a ``ReduceLROnPlateau`` state that record progress, not settings.
-_PLATEAU_PROGRESS = frozenset({"best", "num_bad_epochs", "cooldown_counter"})
+def _one_per_view(networks: Any, optimizers: Any) -> tuple[list[nn.Module], list[torch.optim.Optimizer]]:
+    """The network and the optimizer of each view, two distinct objects each.
+
+    Raises:
+        ConfigError: not one per view, or the same object given for both views.
+    """
+    nets, opts = _pair("networks", networks), _pair("optimizers", optimizers)
+    if nets[0] is nets[1] or opts[0] is opts[1]:
+        raise ConfigError(
+            "networks/optimizers: each view needs its own network and optimizer (got the same object twice)"
+        )
+    return nets, opts
 
 
-def _plateau_free(state: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """A scheduler's settings without its progress (so two states compare equal when only progress differs)."""
-    if state is None:
-        return None
-    return {k: v for k, v in _schedule_settings(state).items() if k not in _PLATEAU_PROGRESS}
+def _best_model_savers(ckpt_dir: Path, networks: Sequence[nn.Module]) -> list[AtomicCheckpointSaver]:
+    """Per view, the saver of ``<ckpt_dir>/model_view<v>.pt``: the weights of the best validation accuracy."""
+    savers = [
+        AtomicCheckpointSaver(
+            save_dir=ckpt_dir,
+            save_dict={"model": networks[v]},
+            save_last=False,
+            key_metric_name="val_accuracy",
+            key_metric_filename=model_filename(v),
+        )
+        for v in (0, 1)
+    ]
+    for saver in savers:
+        # the best accuracy per model lives in the engine's own checkpoint (state_dict "best<v>"); starting from
+        # -inf (not None) keeps the saver from taking the evaluator's MONAI ``state.best_metric`` as a restored
+        # value (that one already holds the current epoch's accuracy, so nothing would ever be saved)
+        saver.best = float("-inf")
+    return savers
+
+
+def _new_row(iteration: int, mode: str) -> dict[str, Any]:
+    """The log row of round ``iteration`` (from 0) before it is measured: nothing exchanged yet."""
+    return {
+        "iteration": iteration + 1,
+        "mode": mode,
+        "k": 0,
+        "added_view0": 0,
+        "added_view1": 0,
+        "conflicts": 0,
+        "pseudo_label_accuracy": None,
+        "pseudo_label_accuracy_view0": None,
+        "pseudo_label_accuracy_view1": None,
+    }
 
 
 class CoTrainer:
     """Two-view co-training as an engine a config instantiates with keyword arguments (module docstring).
+
+    Each round trains both models (:class:`~tlk_components.engines.trainers.cotraining_view.ViewTrainingRound`),
+    validates them and their ensemble, lets them exchange pseudo-labels
+    (:class:`~tlk_components.engines.trainers.cotraining_state.CoTrainingPools`), logs the round
+    (:class:`~tlk_components.engines.trainers.cotraining_log.CoTrainingLog`) and saves ``model.pt`` and the
+    resumable checkpoint.
 
     Args:
         splits: aligned samples and ``train``/``val``/``test``/``unlabelled`` ids
@@ -430,6 +416,14 @@ class CoTrainer:
         seed: seed of the training data order.
         progress: show ignite progress bars.
         distributed: shard training batches with a ``DistributedSampler`` (under torchrun).
+
+    Attributes:
+        settings: the scalar hyperparameters above, validated
+            (:class:`~tlk_components.engines.trainers.cotraining_state.CoTrainingSettings`).
+        pools: each model's training set and the unlabelled pool (set when :meth:`run` starts).
+        rounds: where the rounds stand
+            (:class:`~tlk_components.engines.trainers.cotraining_state.CoTrainingProgress`).
+        log: the per-round rows (``history``), TensorBoard scalars and log files.
 
     Raises:
         ConfigError: bad hyperparameters, ``k`` larger than the unlabelled pool, an empty validation split, a
@@ -480,99 +474,105 @@ class CoTrainer:
         self.splits = splits
         self.samples: TwoViewSamples = splits.samples
         self.dataset = check_two_view_dataset(dataset, self.samples)
-        self.networks = _pair("networks", networks)
-        self.optimizers = _pair("optimizers", optimizers)
-        if self.networks[0] is self.networks[1] or self.optimizers[0] is self.optimizers[1]:
-            raise ConfigError(
-                "networks/optimizers: each view needs its own network and optimizer (got the same object twice)"
-            )
+        self.networks, self.optimizers = _one_per_view(networks, optimizers)
         self.lr_schedulers = _pair("lr_schedulers", lr_schedulers, allow_none=True)
         self.loss_function = loss_function if loss_function is not None else nn.CrossEntropyLoss()
         self.inferer = inferer if inferer is not None else SimpleInferer()
         self.augmentation = _pair("augmentation", augmentation, allow_none=True)
         self.device = torch.device(device)
-        self.mode = look_up_option("mode", mode, MODES)
-        self.iterations = check_positive_int("iterations", iterations)
-        self.max_epochs = check_positive_int("max_epochs", max_epochs)
-        self.k = check_positive_int("k", k)
-        self.threshold = None if threshold is None else check_probability("threshold", threshold)
-        self.class_balance = bool(class_balance)
-        self.batch_size = check_positive_int("batch_size", batch_size)
-        self.num_workers = check_positive_int("num_workers", num_workers, minimum=0)
-        self.patience = check_positive_int("patience", patience, minimum=0)
-        self.iteration_patience = check_positive_int("iteration_patience", iteration_patience, minimum=0)
+        self.settings = CoTrainingSettings(
+            mode=mode,
+            iterations=iterations,
+            max_epochs=max_epochs,
+            k=k,
+            threshold=threshold,
+            class_balance=class_balance,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            patience=patience,
+            iteration_patience=iteration_patience,
+            resume=resume,
+            amp=amp,
+            seed=seed,
+            progress=progress,
+            distributed=distributed,
+        )
         self.ckpt_dir, self.output_dir = Path(ckpt_dir), Path(output_dir)
-        self.resume = bool(resume)
         self.run_info = dict(run_info) if run_info is not None else run_fingerprint()
         self._lock = RunLock(self.ckpt_dir) if lock else None
         # the learning rates the config asks for (resuming compares them with those of the run that was saved)
         self._config_lrs = [[float(g["lr"]) for g in o.param_groups] for o in self.optimizers]
-        self.amp = bool(amp) and self.device.type == "cuda"
-        self.seed = int(seed)
-        self.progress = bool(progress)
-        self.distributed = bool(distributed)
-        if len(splits.val) == 0:
-            raise ConfigError("the validation split is empty; raise val_fraction (or use more samples)")
-        pool = len(splits.unlabelled)
-        if self.mode == "cotraining" and pool and self.k > pool:
-            raise ConfigError(
-                f"k={self.k} is larger than the unlabelled pool ({pool} samples); choose k <= {pool} "
-                f"(the source notebook used 5% of the pool: k={max(1, pool // 20)})"
-            )
+        self.amp = self.settings.amp and self.device.type == "cuda"
+        self.settings.check_splits(splits)
         self.last_path = self.ckpt_dir / "checkpoint_last.pt"
-        self.savers = [
-            AtomicCheckpointSaver(
-                save_dir=self.ckpt_dir,
-                save_dict={"model": self.networks[v]},
-                save_last=False,
-                key_metric_name="val_accuracy",
-                key_metric_filename=model_filename(v),
-            )
-            for v in (0, 1)
-        ]
-        for saver in self.savers:
-            # the best accuracy per model lives in this engine's own checkpoint (state_dict "best<v>"); starting from
-            # -inf (not None) keeps the saver from taking the evaluator's MONAI ``state.best_metric`` as a restored
-            # value (that one already holds the current epoch's accuracy, so nothing would ever be saved)
-            saver.best = float("-inf")
-        self.history: list[dict[str, Any]] = []
-        self._writer: Any = None
-        self._global_epoch = [0, 0]
+        self.savers = _best_model_savers(self.ckpt_dir, self.networks)
+        self.log = CoTrainingLog(self.output_dir, plot=plot_cotraining_log)
+        self.pools: CoTrainingPools | None = None
+        self.rounds = CoTrainingProgress()
+
+    # ----------------------------------------------------------------------------------------- views of the parts
+
+    @property
+    def mode(self) -> str:
+        """``settings.mode``."""
+        return self.settings.mode
+
+    @property
+    def iterations(self) -> int:
+        """``settings.iterations``."""
+        return self.settings.iterations
+
+    @property
+    def max_epochs(self) -> int:
+        """``settings.max_epochs`` (a MONAI workflow reads the trainer's ``max_epochs``)."""
+        return self.settings.max_epochs
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """The per-round log rows (``log.history``)."""
+        return self.log.history
+
+    @property
+    def pool(self) -> np.ndarray:
+        """Sample ids of the unlabelled pool (``pools.pool``; after :meth:`run` started)."""
+        return self.pools.pool
+
+    @property
+    def train_ids(self) -> list[np.ndarray]:
+        """Per view, the sample ids of the model's training set (``pools.train_ids``)."""
+        return self.pools.train_ids
+
+    @property
+    def train_labels(self) -> list[np.ndarray]:
+        """Per view, the classes of those samples (``pools.train_labels``)."""
+        return self.pools.train_labels
+
+    @property
+    def train_pseudo(self) -> list[np.ndarray]:
+        """Per view, True where the class is a pseudo-label (``pools.train_pseudo``)."""
+        return self.pools.train_pseudo
+
+    @property
+    def images(self) -> list[ViewImages]:
+        """The images of view 0 and view 1 (``dataset.views``)."""
+        return self.dataset.views
 
     # ----------------------------------------------------------------------------------------- state
 
     def _initial_state(self) -> None:
-        s, labels = self.splits, self.samples.labels
-        train_ids = s.train
-        if self.mode == "all_labels":
-            known = s.unlabelled[labels[s.unlabelled] >= 0]
-            if len(s.unlabelled) and not len(known):
-                logger.warning(
-                    "mode all_labels: no unlabelled sample has a true class (a hidden_label column), so this run is "
-                    "the labelled-only baseline"
-                )
-            train_ids = np.sort(np.concatenate([s.train, known]))
-        self.train_ids = [train_ids.copy(), train_ids.copy()]
-        self.train_labels = [labels[train_ids].copy(), labels[train_ids].copy()]
-        self.train_pseudo = [np.zeros(len(train_ids), bool), np.zeros(len(train_ids), bool)]
-        self.pool = s.unlabelled.copy() if self.mode == "cotraining" else np.zeros(0, np.int64)
-        self.start_iteration = 0
-        self.finished = False
-        self.best_ensemble = -1.0
-        self.stale = 0
+        """The pools and progress a run starts from (:meth:`load_state_dict` then replaces them when resuming)."""
+        self.pools = CoTrainingPools.initial(self.splits, self.settings.mode)
+        self.rounds = CoTrainingProgress()
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume, as tensors and plain types (loadable with ``weights_only=True``)."""
+        pools = self.pools.state_dict()
         out: dict[str, Any] = {
             "n_samples": len(self.samples),
-            "mode": self.mode,
-            "iteration": self.start_iteration,
-            "finished": self.finished,
-            "best_ensemble": self.best_ensemble,
-            "stale": self.stale,
-            "pool": torch.as_tensor(self.pool, dtype=torch.long),
-            "history": to_jsonable(self.history),
-            "global_epoch": list(self._global_epoch),
+            "mode": self.settings.mode,
+            **self.rounds.state_dict(),
+            "pool": pools["pool"],
+            **self.log.state_dict(),
             "run_info": self.run_info,
         }
         for v in (0, 1):
@@ -580,64 +580,34 @@ class CoTrainer:
             out[f"optimizer{v}"] = self.optimizers[v].state_dict()
             if self.lr_schedulers[v] is not None:
                 out[f"lr_scheduler{v}"] = self.lr_schedulers[v].state_dict()
-            out[f"train_ids{v}"] = torch.as_tensor(self.train_ids[v], dtype=torch.long)
-            out[f"train_labels{v}"] = torch.as_tensor(self.train_labels[v], dtype=torch.long)
-            out[f"train_pseudo{v}"] = torch.as_tensor(self.train_pseudo[v], dtype=torch.bool)
+            for key in ("train_ids", "train_labels", "train_pseudo"):
+                out[f"{key}{v}"] = pools[f"{key}{v}"]
             out[f"best{v}"] = self.savers[v].best
             out[f"config_lr{v}"] = list(self._config_lrs[v])
         return out
 
     def load_state_dict(self, ckpt: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` output (raises ConfigError for a checkpoint of another dataset or mode)."""
-        if ckpt.get("n_samples") != len(self.samples) or ckpt.get("mode") != self.mode:
+        mode = self.settings.mode
+        if ckpt.get("n_samples") != len(self.samples) or ckpt.get("mode") != mode:
             raise ConfigError(
                 f"{self.last_path}: written for {ckpt.get('n_samples')} samples in mode {ckpt.get('mode')!r}, this run "
-                f"has {len(self.samples)} in mode {self.mode!r}; delete it (or pass --resume false) to start over"
+                f"has {len(self.samples)} in mode {mode!r}; delete it (or pass --resume false) to start over"
             )
         check_same_run(self.last_path, ckpt.get("run_info"), self.run_info)
         fix = f"Pass --resume false to start over (or delete {self.last_path})"
         for v in (0, 1):
             load_state_dict_checked(unwrap_model(self.networks[v]), ckpt[f"model{v}"], self.last_path, f"model{v}", fix)
-            opt, sched = self.optimizers[v], self.lr_schedulers[v]
-            config_lrs = self._config_lrs[v]
-            sched_config = None if sched is None else _schedule_settings(sched.state_dict())
-            load_state_dict_checked(opt, ckpt[f"optimizer{v}"], self.last_path, f"optimizer{v}", fix)
-            saved_sched = ckpt.get(f"lr_scheduler{v}")
-            lr_changed = list(ckpt.get(f"config_lr{v}", config_lrs)) != config_lrs
-            sched_changed = (
-                sched is not None
-                and saved_sched is not None
-                and _plateau_free(saved_sched) != _plateau_free(sched_config)
+            restore_optimizer(
+                self.optimizers[v], self.lr_schedulers[v], ckpt, v, self._config_lrs[v], self.last_path, fix
             )
-            if lr_changed or sched_changed:
-                for g, lr in zip(opt.param_groups, config_lrs, strict=False):
-                    g["lr"] = lr
-                logger.warning(
-                    f"resume: the learning rate or scheduler settings of model {v} changed since {self.last_path} was "
-                    f"written; kept the optimizer state and restarted the learning-rate schedule from the config "
-                    f"(learning rate {config_lrs})"
-                )
-            elif sched is not None and saved_sched is not None:
-                load_state_dict_checked(sched, saved_sched, self.last_path, f"lr_scheduler{v}", fix)
-            self.train_ids[v] = ckpt[f"train_ids{v}"].numpy()
-            self.train_labels[v] = ckpt[f"train_labels{v}"].numpy()
-            self.train_pseudo[v] = ckpt[f"train_pseudo{v}"].numpy()
             best = ckpt.get(f"best{v}")
             self.savers[v].best = float("-inf") if best is None else float(best)
-        self.pool = ckpt["pool"].numpy()
-        self.start_iteration = int(ckpt["iteration"])
-        self.finished = bool(ckpt["finished"])
-        self.best_ensemble = float(ckpt["best_ensemble"])
-        self.stale = int(ckpt["stale"])
-        self.history = list(ckpt["history"])
-        self._global_epoch = list(ckpt.get("global_epoch", [0, 0]))
+        self.pools = CoTrainingPools.from_state_dict(ckpt)
+        self.rounds = CoTrainingProgress.from_state_dict(ckpt)
+        self.log.load_state_dict(ckpt)
 
-    # ----------------------------------------------------------------------------------------- pieces
-
-    @property
-    def images(self) -> list[ViewImages]:
-        """The images of view 0 and view 1 (``dataset.views``)."""
-        return self.dataset.views
+    # ----------------------------------------------------------------------------------------- files
 
     def _write_model(self) -> None:
         """``model.pt``: both best models as the state dict of a ``TwoViewClassifier``, written atomically (rank 0)."""
@@ -646,146 +616,6 @@ class CoTrainer:
             return
         states = [load_weights(p) for p in paths]
         atomic_torch_save(two_view_state_dict(states[0], states[1]), self.ckpt_dir / MODEL_NAME)
-
-    def _scalar(self, tag: str, value: float | None, step: int) -> None:
-        if self._writer is not None and value is not None:
-            self._writer.add_scalar(tag, value, step)
-
-    def _train_view(self, v: int, iteration: int) -> dict[str, Any]:
-        """Up to ``max_epochs`` epochs of model ``v`` on its training set, validating after each epoch."""
-        from ignite.handlers import ProgressBar
-        from monai.engines import SupervisedEvaluator, SupervisedTrainer
-        from monai.handlers import EarlyStopHandler, LrScheduleHandler, ValidationHandler
-
-        net, opt, sched = self.networks[v], self.optimizers[v], self.lr_schedulers[v]
-        ds = _LabelledView(self.images[v], self.train_ids[v], self.train_labels[v], self.augmentation[v])
-        gen = torch.Generator().manual_seed(self.seed * 1000 + iteration * 2 + v)
-        sampler = None
-        if self.distributed:
-            from torch.utils.data.distributed import DistributedSampler
-
-            sampler = DistributedSampler(ds, shuffle=True, seed=self.seed + iteration * 2 + v)
-        loader = DataLoader(
-            ds,
-            batch_size=self.batch_size,
-            shuffle=sampler is None,
-            sampler=sampler,
-            generator=gen if sampler is None else None,
-            num_workers=self.num_workers,
-        )
-        val_ds = _LabelledView(self.images[v], self.splits.val, self.samples.labels[self.splits.val], None)
-        val_loader = DataLoader(val_ds, batch_size=max(self.batch_size, 64), shuffle=False)
-
-        def pred_label(out: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-            return out["pred"], out["label"]
-
-        evaluator = SupervisedEvaluator(
-            device=self.device,
-            val_data_loader=val_loader,
-            network=unwrap_model(net),
-            inferer=self.inferer,
-            amp=self.amp,
-            decollate=False,
-            key_val_metric={"val_accuracy": Accuracy(output_transform=pred_label)},
-            additional_metrics={"val_loss": Loss(self.loss_function, output_transform=pred_label)},
-        )
-        trainer = SupervisedTrainer(
-            device=self.device,
-            max_epochs=self.max_epochs,
-            train_data_loader=loader,
-            network=net,
-            optimizer=opt,
-            loss_function=self.loss_function,
-            inferer=self.inferer,
-            amp=self.amp,
-            decollate=False,
-        )
-        StopOnNonFiniteLoss().attach(trainer)
-        ValidationHandler(interval=1, validator=evaluator, epoch_level=True).attach(trainer)
-        if sched is not None:
-            metric = "val_accuracy" if getattr(sched, "mode", "min") == "max" else "val_loss"
-            LrScheduleHandler(sched, print_lr=False, step_transform=lambda e: e.state.metrics[metric]).attach(evaluator)
-        if self.patience:
-            EarlyStopHandler(
-                patience=self.patience, score_function=lambda e: -float(e.state.metrics["val_loss"]), trainer=trainer
-            ).attach(evaluator)
-        self.savers[v].attach(evaluator)
-        losses: list[float] = []
-        trainer.add_event_handler(
-            Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss"].detach()))
-        )
-
-        def log_epoch(e: Engine) -> None:
-            self._global_epoch[v] += 1
-            step = self._global_epoch[v]
-            m = evaluator.state.metrics
-            if losses:
-                self._scalar(f"train_loss/view{v}", float(np.mean(losses)), step)
-            self._scalar(f"val_accuracy/view{v}", float(m["val_accuracy"]), step)
-            self._scalar(f"val_loss/view{v}", float(m["val_loss"]), step)
-            self._scalar(f"learning_rate/view{v}", float(opt.param_groups[0]["lr"]), step)
-            logger.info(
-                f"iteration {iteration + 1} model {v} epoch {e.state.epoch}: train loss "
-                f"{np.mean(losses) if losses else float('nan'):.4f}, val accuracy {m['val_accuracy']:.4f}, "
-                f"val loss {m['val_loss']:.4f}"
-            )
-            losses.clear()
-
-        trainer.add_event_handler(Events.EPOCH_COMPLETED, log_epoch)
-        if self.progress and is_rank0():
-            ProgressBar(persist=False, desc=f"iter {iteration + 1} model {v}").attach(
-                trainer, output_transform=lambda out: {"loss": float(out["loss"].detach())}
-            )
-        trainer.run()
-        return {"epochs": int(trainer.state.epoch), "lr": float(opt.param_groups[0]["lr"])}
-
-    def _exchange(self, row: dict[str, Any]) -> None:
-        k = min(self.k, len(self.pool))
-        if k < self.k:
-            logger.info(
-                f"unlabelled pool ({len(self.pool)}) is smaller than k={self.k}; this round picks {k} per model"
-            )
-        p0 = predict_proba(self.networks[0], self.images[0], self.pool, self.device, inferer=self.inferer)
-        p1 = predict_proba(self.networks[1], self.images[1], self.pool, self.device, inferer=self.inferer)
-        r = exchange_pseudo_labels(self.pool, p0, p1, k, self.threshold, self.class_balance)
-        truth = self.samples.labels
-        adds = ((0, r.to_view0_ids, r.to_view0_labels), (1, r.to_view1_ids, r.to_view1_labels))
-        for v, ids, labs in adds:
-            self.train_ids[v] = np.concatenate([self.train_ids[v], ids])
-            self.train_labels[v] = np.concatenate([self.train_labels[v], labs])
-            self.train_pseudo[v] = np.concatenate([self.train_pseudo[v], np.ones(len(ids), bool)])
-            row[f"added_view{v}"] = int(len(ids))
-            row[f"pseudo_label_accuracy_view{v}"] = accuracy_or_none(labs, truth[ids])
-        all_labs = np.concatenate([r.to_view0_labels, r.to_view1_labels])
-        all_ids = np.concatenate([r.to_view0_ids, r.to_view1_ids])
-        row["pseudo_label_accuracy"] = accuracy_or_none(all_labs, truth[all_ids]) if len(all_ids) else None
-        row["conflicts"] = int(len(r.conflict_ids))
-        row["k"] = k
-        self.pool = r.pool
-
-    def _write_log(self) -> None:
-        if not is_rank0():
-            return
-        atomic_write_json(self.output_dir / f"{LOG_NAME}.json", to_jsonable(self.history))
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(LOG_FIELDS), extrasaction="ignore")
-        w.writeheader()
-        for h in self.history:
-            w.writerow({k: ("" if h.get(k) is None else h.get(k)) for k in LOG_FIELDS})
-        atomic_write_text(self.output_dir / f"{LOG_NAME}.csv", buf.getvalue())
-        plot_cotraining_log(self.history, self.output_dir / PLOT_NAME)
-
-    # ----------------------------------------------------------------------------------------- loop
-
-    def run(self) -> list[dict[str, Any]]:
-        """Run (or resume) co-training; returns the per-iteration log (also written to ``output_dir``)."""
-        if self._lock is not None:
-            self._lock.acquire()
-        try:
-            return self._run()
-        finally:
-            if self._lock is not None:
-                self._lock.release()
 
     def _keep_earlier_models(self) -> None:
         """A new run: rename an earlier run's model files to ``<name>.bak-<time>`` before this run writes its own."""
@@ -799,104 +629,139 @@ class CoTrainer:
                     f"{name}; pass --ckpt_dir <folder> to keep runs apart)"
                 )
 
-    def _run(self) -> list[dict[str, Any]]:
-        self._initial_state()
-        if self.resume and self.last_path.is_file():
-            self.load_state_dict(load_weights(self.last_path))
-            logger.info(f"resumed from {self.last_path} after iteration {self.start_iteration}")
-            if self.finished or self.start_iteration >= self.iterations:
-                logger.info("co-training already finished; delete checkpoint_last.pt (or --resume false) to redo it")
-                self._write_model()  # a run trained before model.pt existed gets it from model_view0/1.pt
-                return self.history
-        else:
-            self._keep_earlier_models()
+    def _open_outputs(self) -> None:
+        """Create the folders; on rank 0 write ``classes.json`` and start the TensorBoard log."""
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if is_rank0():
             names = self.samples.class_names
             atomic_write_json(self.ckpt_dir / "classes.json", {n: i for i, n in enumerate(names)})
-            from torch.utils.tensorboard import SummaryWriter
+            self.log.open_tensorboard()
 
-            self._writer = SummaryWriter(log_dir=str(self.output_dir / "tensorboard"))
-        logger.info(
-            f"{self.mode}: train {len(self.train_ids[0])}, val {len(self.splits.val)}, "
-            f"unlabelled pool {len(self.pool)}, {self.iterations} iterations x {self.max_epochs} epochs, k={self.k}"
+    # ----------------------------------------------------------------------------------------- one round
+
+    def _train_view(self, v: int, iteration: int) -> dict[str, Any]:
+        """Up to ``max_epochs`` epochs of model ``v`` on its training set, validating after each epoch."""
+        val = self.splits.val
+        train_set = LabelledView(
+            self.images[v], self.pools.train_ids[v], self.pools.train_labels[v], self.augmentation[v]
         )
+        val_set = LabelledView(self.images[v], val, self.samples.labels[val], None)
+        return ViewTrainingRound(
+            view=v,
+            iteration=iteration,
+            network=self.networks[v],
+            optimizer=self.optimizers[v],
+            lr_scheduler=self.lr_schedulers[v],
+            saver=self.savers[v],
+            loss_function=self.loss_function,
+            inferer=self.inferer,
+            device=self.device,
+            amp=self.amp,
+            settings=self.settings,
+            log=self.log,
+        ).run(train_set, val_set)
+
+    def _validate(self, row: dict[str, Any]) -> None:
+        """Validation accuracy of each model and of their ensemble (mean softmax) into ``row``."""
+        val = self.splits.val
+        probs = [
+            predict_proba(self.networks[v], self.images[v], val, self.device, inferer=self.inferer) for v in (0, 1)
+        ]
+        truth = self.samples.labels[val]
+        for v in (0, 1):
+            row[f"val_accuracy_view{v}"] = accuracy_or_none(probs[v].argmax(1).numpy(), truth)
+        ensemble = ensemble_probabilities(probs[0], probs[1])
+        row["val_accuracy_ensemble"] = accuracy_or_none(ensemble.argmax(1).numpy(), truth)
+
+    def _exchange(self, row: dict[str, Any]) -> None:
+        """Each model labels its most confident pool samples for the other; the exchange's figures into ``row``."""
+        s, pools = self.settings, self.pools
+        k = pools.picks_this_round(s.k)
+        probs = [
+            predict_proba(self.networks[v], self.images[v], pools.pool, self.device, inferer=self.inferer)
+            for v in (0, 1)
+        ]
+        row.update(pools.exchange(probs[0], probs[1], k, s.threshold, s.class_balance, self.samples.labels))
+
+    def _round(self, it: int) -> tuple[dict[str, Any], str | None]:
+        """Round ``it`` (from 0): train both models, validate, exchange pseudo-labels (not after the last round).
+
+        Returns:
+            The round's log row, and why co-training stops after it (None: it goes on).
+        """
+        s, pools = self.settings, self.pools
+        row = _new_row(it, s.mode)
+        for v in (0, 1):
+            info = self._train_view(v, it)
+            row[f"epochs_view{v}"], row[f"lr_view{v}"] = info["epochs"], info["lr"]
+        self._validate(row)
+        stop_reason = None
+        if s.mode == "cotraining" and it != s.iterations - 1:
+            if len(pools.pool):
+                self._exchange(row)
+            if not len(pools.pool) and not row["added_view0"] and not row["added_view1"]:
+                stop_reason = "the unlabelled pool is empty"
+        for v in (0, 1):
+            row[f"train_size_view{v}"] = int(len(pools.train_ids[v]))
+        row["pool_size"] = int(len(pools.pool))
+        return row, self.rounds.record(row["val_accuracy_ensemble"], s.iteration_patience) or stop_reason
+
+    def _end_round(self, row: dict[str, Any], stop_reason: str | None) -> None:
+        """Log the round, then save ``model.pt``, the resumable checkpoint and the log files."""
+        self.log.round(row, self.settings.iterations)
+        self.rounds.iteration = row["iteration"]
+        self.rounds.finished = stop_reason is not None
+        self._write_model()
+        if is_rank0():
+            atomic_torch_save(self.state_dict(), self.last_path)
+        self.log.write()
+
+    # ----------------------------------------------------------------------------------------- loop
+
+    def run(self) -> list[dict[str, Any]]:
+        """Run (or resume) co-training; returns the per-iteration log (also written to ``output_dir``)."""
+        if self._lock is not None:
+            self._lock.acquire()
         try:
-            for it in range(self.start_iteration, self.iterations):
-                row: dict[str, Any] = {
-                    "iteration": it + 1,
-                    "mode": self.mode,
-                    "k": 0,
-                    "added_view0": 0,
-                    "added_view1": 0,
-                    "conflicts": 0,
-                    "pseudo_label_accuracy": None,
-                    "pseudo_label_accuracy_view0": None,
-                    "pseudo_label_accuracy_view1": None,
-                }
-                for v in (0, 1):
-                    info = self._train_view(v, it)
-                    row[f"epochs_view{v}"], row[f"lr_view{v}"] = info["epochs"], info["lr"]
-                val = self.splits.val
-                probs = [
-                    predict_proba(self.networks[v], self.images[v], val, self.device, inferer=self.inferer)
-                    for v in (0, 1)
-                ]
-                truth = self.samples.labels[val]
-                for v in (0, 1):
-                    row[f"val_accuracy_view{v}"] = accuracy_or_none(probs[v].argmax(1).numpy(), truth)
-                ens = accuracy_or_none(ensemble_probabilities(probs[0], probs[1]).argmax(1).numpy(), truth)
-                row["val_accuracy_ensemble"] = ens
-                last = it == self.iterations - 1
-                stop_reason = None
-                if self.mode == "cotraining" and not last:
-                    if len(self.pool):
-                        self._exchange(row)
-                    if not len(self.pool) and not row["added_view0"] and not row["added_view1"]:
-                        stop_reason = "the unlabelled pool is empty"
-                for v in (0, 1):
-                    row[f"train_size_view{v}"] = int(len(self.train_ids[v]))
-                row["pool_size"] = int(len(self.pool))
-                if ens is not None and ens > self.best_ensemble:
-                    self.best_ensemble, self.stale = ens, 0
-                else:
-                    self.stale += 1
-                if self.iteration_patience and self.stale >= self.iteration_patience:
-                    stop_reason = f"no better ensemble validation accuracy for {self.stale} iterations"
-                self.history.append(row)
-                for key in (
-                    "val_accuracy_view0",
-                    "val_accuracy_view1",
-                    "val_accuracy_ensemble",
-                    "pseudo_label_accuracy",
-                    "pool_size",
-                    "added_view0",
-                    "added_view1",
-                    "conflicts",
-                ):
-                    self._scalar(f"cotraining/{key}", row.get(key), it + 1)
-                pla = row["pseudo_label_accuracy"]
-                logger.info(
-                    f"iteration {it + 1}/{self.iterations}: val accuracy {row['val_accuracy_view0']:.4f} / "
-                    f"{row['val_accuracy_view1']:.4f} / ensemble {ens:.4f}; added {row['added_view0']} + "
-                    f"{row['added_view1']} pseudo-labels (accuracy {'n/a' if pla is None else f'{pla:.3f}'}), "
-                    f"{row['conflicts']} conflicts, pool {row['pool_size']}"
-                )
-                self.start_iteration = it + 1
-                self.finished = stop_reason is not None
-                self._write_model()
-                if is_rank0():
-                    atomic_torch_save(self.state_dict(), self.last_path)
-                self._write_log()
+            return self._run()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+    def _start(self) -> bool:
+        """Start afresh or resume; False when the resumed run has no round left (then only ``model.pt`` is written)."""
+        s = self.settings
+        self._initial_state()
+        if s.resume and self.last_path.is_file():
+            self.load_state_dict(load_weights(self.last_path))
+            logger.info(f"resumed from {self.last_path} after iteration {self.rounds.iteration}")
+            if self.rounds.finished or self.rounds.iteration >= s.iterations:
+                logger.info("co-training already finished; delete checkpoint_last.pt (or --resume false) to redo it")
+                self._write_model()  # a run trained before model.pt existed gets it from model_view0/1.pt
+                return False
+        else:
+            self._keep_earlier_models()
+        self._open_outputs()
+        logger.info(
+            f"{s.mode}: train {len(self.pools.train_ids[0])}, val {len(self.splits.val)}, "
+            f"unlabelled pool {len(self.pools.pool)}, {s.iterations} iterations x {s.max_epochs} epochs, k={s.k}"
+        )
+        return True
+
+    def _run(self) -> list[dict[str, Any]]:
+        if not self._start():
+            return self.log.history
+        try:
+            for it in range(self.rounds.iteration, self.settings.iterations):
+                row, stop_reason = self._round(it)
+                self._end_round(row, stop_reason)
                 if stop_reason is not None:
                     logger.info(f"co-training stops after iteration {it + 1}: {stop_reason}")
                     break
         finally:
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
-        return self.history
+            self.log.close()
+        return self.log.history
 
 
 def check_two_view_dataset(dataset: Any, samples: TwoViewSamples) -> TwoViewDataset:

@@ -20,8 +20,8 @@ from monai.engines import Trainer
 from monai.engines.utils import IterationEvents
 
 from tlk_components.adaptation.transferrable import TransferrableModel
-from tlk_components.engines.handlers.checkpoint import unwrap_model
 from tlk_components.engines.handlers.training import EpochSetter
+from tlk_components.utils.distributed import unwrap_model
 from tlk_components.utils.errors import ConfigError
 from tlk_components.utils.validation import check_in_range, check_positive_int
 

@@ -619,6 +619,8 @@ def verify_dataset(dataset_dir: str | os.PathLike) -> DatasetReport:
         )
         return report
     layout = resolve_layout(base).kind
+    if layout == "demo" and not any(base.iterdir()):
+        layout = "unknown"  # an empty folder holds no layout to check (the bundles write their demo before this)
     if layout == "demo":
         for sub, fn in (("amos22", verify_amos22), ("kits19", verify_kits19)):
             if not (base / sub).is_dir():

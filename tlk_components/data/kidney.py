@@ -44,7 +44,8 @@ from tlk_components.data.adult_phantoms import (
     generate_adult_phantom,
     write_case,
 )
-from tlk_components.data.btcv import label_names, msd_pairs, read_dataset_json
+from tlk_components.data.btcv import btcv_datalist, label_names, msd_pairs, read_dataset_json
+from tlk_components.data.btcv import detect_layout as detect_btcv_layout
 from tlk_components.data.datasets import DatasetReport
 from tlk_components.data.nifti_checks import CasePair, check_folder_not_empty, check_pairs
 from tlk_components.data.phantoms import AMOS_LABELS, KITS_LABELS
@@ -260,8 +261,6 @@ class KidneyLayout:
         if self.source_kind == "kits19":
             return _kits19_items(self.source, split, test_fraction, labels)
         if self.source_kind == "btcv":
-            from tlk_components.data.btcv import btcv_datalist
-
             items = btcv_datalist(self.source, split="all")
             items = [{"image": d["image"], **({"label": d["label"]} if labels else {})} for d in items]
             return split_cases(items, split, test_fraction)
@@ -297,13 +296,9 @@ def _check_known(folder: Path, kind: str, domain: str) -> None:
         )
 
 
-def _kits19_like(d: Path) -> bool:
-    return any(p.is_dir() for p in d.glob("case_*")) or any(p.is_dir() for p in (d / "data").glob("case_*"))
-
-
 def _folder_kind(d: Path) -> str:
     """The layout of one domain folder: ``"kits19"``, ``"amos22"``, ``"converted"``, ``"btcv"`` or ``"unknown"``."""
-    if _kits19_like(d):
+    if any(p.is_dir() for p in kits19_root(d).glob("case_*")):
         return "kits19"
     if (d / "dataset.json").is_file():
         try:
@@ -312,9 +307,11 @@ def _folder_kind(d: Path) -> str:
             return "converted"
         amos = len(meta.get("labels", {})) == len(AMOS_CLASS_NAMES) and "tlk_conversion" not in meta
         return "amos22" if amos else "converted"
-    if (d / "imagesTr").is_dir() or (d / "RawData").is_dir() or (d / "Training").is_dir():
-        return "btcv"
-    return "unknown"
+    try:
+        detect_btcv_layout(d)  # BTCV imagesTr/ or Synapse RawData/Training/img/ (the BTCV module's one rule)
+    except DatasetError:
+        return "unknown"
+    return "btcv"
 
 
 def resolve_layout(

@@ -286,7 +286,7 @@ def plot_cotraining_log(history: Sequence[Mapping[str, Any]], path: str | os.Pat
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 5))
     for a in (ax, ax2):
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
     its = [h["iteration"] for h in history]
@@ -300,16 +300,16 @@ def plot_cotraining_log(history: Sequence[Mapping[str, Any]], path: str | os.Pat
         ax.plot(its, ys, marker="o", label=label, linestyle="--" if key.startswith("pseudo") else "-")
     ax.set_xlabel("co-training iteration")
     ax.set_ylabel("accuracy")
-    ax.set_title("validation accuracy (solid) and pseudo-label accuracy (dashed)")
-    ax.legend(fontsize="small")
+    ax.set_title("validation accuracy (solid),\npseudo-label accuracy (dashed)", fontsize="medium")
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)  # below: never over a line
     ax.grid(alpha=0.3)
     ax2.plot(its, [h["pool_size"] for h in history], marker="o", label="unlabelled pool")
     ax2.plot(its, [h["train_size_view0"] for h in history], marker="o", label="train set, view 0")
     ax2.plot(its, [h["train_size_view1"] for h in history], marker="o", label="train set, view 1")
     ax2.set_xlabel("co-training iteration")
     ax2.set_ylabel("samples")
-    ax2.set_title("pool and training-set sizes (after the exchange)")
-    ax2.legend(fontsize="small")
+    ax2.set_title("pool and training-set sizes\n(after the exchange)", fontsize="medium")
+    ax2.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3)
     ax2.grid(alpha=0.3)
     return save_figure(fig, path)
 

@@ -33,7 +33,7 @@ from tlk_components.zoo.download import (
     requirement_problems,
 )
 from tlk_components.zoo.package import weight_files
-from tlk_components.zoo.registry import list_bundles
+from tlk_components.zoo.registry import list_bundles, no_bundles_hint
 
 __all__ = [
     "BundleLoadError",
@@ -272,7 +272,7 @@ def format_bundles_info(rows: list[dict[str, Any]]) -> str:
     if rows and "index" in rows[0]:
         return format_index_info(rows, rows[0]["index"])
     if not rows:
-        return "no bundles found"
+        return no_bundles_hint()
     lines = []
     for r in rows:
         state = "untrained" if r["untrained"] else "trained"

@@ -62,7 +62,7 @@ import torch
 from tlk_components.utils.errors import TLKError
 from tlk_components.utils.io import atomic_torch_save, load_weights
 from tlk_components.zoo.metadata import metadata_errors
-from tlk_components.zoo.registry import CHECKOUT_BUNDLES, find_bundle, list_bundles
+from tlk_components.zoo.registry import find_bundle, list_bundles, no_bundles_hint, source_bundles
 
 __all__ = [
     "ALL_CHECKS",
@@ -970,9 +970,13 @@ _CHECKS = {
 
 
 def is_checkout_bundle(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a bundle of this checkout (under ``<repo>/bundles/`` after resolving links)."""
+    """Whether ``path`` is a bundle of the checkout this package was installed from (under its ``bundles/`` after
+    resolving links; :func:`~tlk_components.zoo.registry.source_bundles`). False when there is no such checkout."""
+    own = source_bundles()
+    if own is None:
+        return False
     try:
-        return Path(path).resolve().is_relative_to(CHECKOUT_BUNDLES.resolve())
+        return Path(path).resolve().is_relative_to(own.resolve())
     except OSError:
         return False
 
@@ -1047,12 +1051,12 @@ def verify_all(
 def verify_cmd(bundle: str | None = None, all: bool = False, static: bool = False, trust: bool = False) -> str:
     """Verify BUNDLE (or every bundle with --all); exits with status 2 and the list of fixes when a check fails.
 
-    For a bundle outside this checkout's bundles/ (e.g. a downloaded one) only the file checks run unless --trust
+    For a bundle outside the bundles/ of the checkout this package was installed from (e.g. a downloaded one) only the file checks run unless --trust
     is given: the others execute code from its configs.
 
     Args:
         bundle: bundle name or folder.
-        all: verify every bundle under bundles/.
+        all: verify every bundle of the bundles folder (``TLK_BUNDLES_DIR``, else the checkout's bundles/).
         static: only the checks that read files (skip building and exporting the networks).
         trust: also run the checks that execute the bundle's config code (net_in_out, torchscript, properties)
             on a bundle from outside this checkout; read its configs first.
@@ -1067,7 +1071,7 @@ def verify_cmd(bundle: str | None = None, all: bool = False, static: bool = Fals
         else [verify_bundle(str(bundle), checks=checks, trust=trust_arg)]
     )
     if not reports:
-        raise VerifyError("no bundles found (looked for bundles/*/configs/metadata.json)")
+        raise VerifyError(no_bundles_hint())
     text = "\n".join(r.summary() for r in reports)
     bad = [r.bundle for r in reports if not r.ok]
     if bad:

@@ -107,11 +107,21 @@ def test_exchange_grows_train_sets_and_shrinks_pool(tiny, tmp_path):
 
 def test_resume_continues_after_last_iteration(tiny, tmp_path):
     splits = load_splits(tiny)
+    straight = _trainer(splits, tmp_path / "straight", iterations=2)
+    straight.run()
     first = _trainer(splits, tmp_path, iterations=1).run()
+    assert first[0]["k"] == first[0]["added_view0"] == 0  # the last round of that run exchanged nothing
     again = _trainer(splits, tmp_path, iterations=2)
     hist = again.run()
-    assert len(hist) == 2 and hist[0] == json.loads(json.dumps(first[0]))
-    assert len(again.pool) == hist[1]["pool_size"]
+    # resumed with more iterations, the exchange round 1 skipped happens before round 2 trains: the same
+    # pseudo-labels, training sets and pool as a run that asked for 2 iterations from the start
+    assert len(hist) == 2 and hist[0] == json.loads(json.dumps(straight.log.history[0]))
+    assert hist[0]["added_view0"] > 0 and hist[0]["added_view1"] > 0
+    for v in (0, 1):
+        assert np.array_equal(again.train_ids[v], straight.train_ids[v])
+        assert np.array_equal(again.train_labels[v], straight.train_labels[v])
+    assert np.array_equal(again.pool, straight.pool) and len(again.pool) == hist[1]["pool_size"]
+    assert json.loads((tmp_path / "eval" / "cotraining_log.json").read_text())[0]["added_view0"] > 0
     # a finished run is not redone; one trained before model.pt existed gets it from model_view0/1.pt
     (tmp_path / "models" / "model.pt").unlink()
     assert len(_trainer(splits, tmp_path, iterations=2).run()) == 2

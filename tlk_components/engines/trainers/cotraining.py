@@ -743,11 +743,47 @@ class CoTrainer:
         else:
             self._keep_earlier_models()
         self._open_outputs()
+        if self._exchange_skipped():
+            self._catch_up_exchange()
         logger.info(
             f"{s.mode}: train {len(self.pools.train_ids[0])}, val {len(self.splits.val)}, "
             f"unlabelled pool {len(self.pools.pool)}, {s.iterations} iterations x {s.max_epochs} epochs, k={s.k}"
         )
         return True
+
+    def _exchange_skipped(self) -> bool:
+        """Whether the resumed run's last round was the last of a shorter run and so exchanged nothing.
+
+        A run resumed with more ``--iterations`` goes on past that round; the exchange it skipped (its row has
+        ``k`` 0 while the pool still holds samples) is owed before the next round trains.
+        """
+        history = self.log.history
+        return (
+            self.settings.mode == "cotraining"
+            and bool(history)
+            and history[-1]["k"] == 0
+            and len(self.pools.pool) > 0
+            and self.rounds.iteration < self.settings.iterations
+        )
+
+    def _catch_up_exchange(self) -> None:
+        """Run the exchange the resumed run's last round skipped, into that round's row; save and rewrite the log.
+
+        The networks are those the round ended with (restored from ``checkpoint_last.pt``), so the pools are those
+        an uninterrupted run with the new ``--iterations`` would have had.
+        """
+        row = self.log.history[-1]
+        logger.info(
+            f"iteration {row['iteration']} ended the earlier run without exchanging pseudo-labels; exchanging them "
+            f"now, before iteration {row['iteration'] + 1}"
+        )
+        self._exchange(row)
+        for v in (0, 1):
+            row[f"train_size_view{v}"] = int(len(self.pools.train_ids[v]))
+        row["pool_size"] = int(len(self.pools.pool))
+        if is_rank0():
+            atomic_torch_save(self.state_dict(), self.last_path)
+        self.log.write()
 
     def _run(self) -> list[dict[str, Any]]:
         if not self._start():

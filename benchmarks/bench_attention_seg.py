@@ -89,7 +89,7 @@ def sliding_window_overhead(data: Path, ckpt: Path, args: argparse.Namespace) ->
     threads = configure_threads(args.threads)
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "train.json"))
-    parser.update({"dataset_dir": str(data), "bundle_root": str(BUNDLE)})
+    parser.update({"dataset_dir": str(data), "bundle_root": str(BUNDLE), "ckpt_dir": str(Path(ckpt).parent)})
     if args.channels is not None:
         parser["channels"] = args.channels
     if args.patch_size is not None:
@@ -99,7 +99,8 @@ def sliding_window_overhead(data: Path, ckpt: Path, args: argparse.Namespace) ->
     transform = parser.get_parsed_content("validate#preprocessing")
     case = btcv_datalist(data, "validation")[0]
     image = transform(case)["image"][None].as_tensor()
-    roi, sw_batch, overlap = parser["patch_size"], parser["sw_batch_size"], parser["sw_overlap"]
+    roi = parser.get_parsed_content("patch_size")  # the plan training wrote next to the weights, unless overridden
+    sw_batch, overlap = parser["sw_batch_size"], parser["sw_overlap"]
 
     patches: list[torch.Tensor] = []
 
@@ -184,7 +185,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=100)
     ints = lambda s: [int(v) for v in s.split(",")]  # noqa: E731
     ap.add_argument("--channels", type=ints, default=None, help="default: train.json's")
-    ap.add_argument("--patch_size", type=ints, default=None, help="default: train.json's (the whole demo volume)")
+    ap.add_argument("--patch_size", type=ints, default=None, help="default: the plan's (models/plans.json)")
     ap.add_argument("--learning_rate", type=float, default=None, help="default: train.json's")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: configure_threads decides)")
     ap.add_argument("--repeats", type=int, default=3)

@@ -192,9 +192,38 @@ def test_configs_agree() -> None:
     """inference.json repeats train.json's network and preprocessing settings (STYLE P3): they must be equal."""
     train = json.loads((CONFIGS / "train.json").read_text())
     infer = json.loads((CONFIGS / "inference.json").read_text())
-    keys = ("network_def", "channels", "norm", "patch_size", "spacing", "intensity_mode", "window_min", "window_max")
+    keys = (
+        "network_def", "channels", "norm", "patch_size", "plans_file", "mirror_axes", "spacing", "intensity_mode",
+        "window_min", "window_max",
+    )  # fmt: skip
     for key in keys:
         assert infer[key] == train[key], key
+
+
+def test_patch_and_batch_size_come_from_the_plan_and_patches_oversample_foreground(tiny: Path, tmp_path: Path):
+    """The first run plans (``models/plans.json`` at the configured spacing); the patch and batch size are the
+    plan's; two thirds of the cached-index patches are centred on an organ, none lies entirely in the air."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    parser.update({"dataset_dir": str(tiny), "ckpt_dir": str(tmp_path / "m"), "bundle_root": str(tmp_path)})
+    parser.get_parsed_content("plan")  # what initialize runs after writing or checking the data
+    plans = json.loads((tmp_path / "m" / "plans.json").read_text())
+    assert plans["target_spacing"] == parser.get_parsed_content("spacing") == [3.0, 3.0, 4.0]
+    patch = parser.get_parsed_content("patch_size")
+    assert patch == plans["patch_size"] and all(p % 16 == 0 for p in patch)
+    assert np.prod(patch) <= parser["plan_max_patch_voxels"]
+    assert parser.get_parsed_content("batch_size") == plans["batch_size"] >= 2
+    dataset = parser.get_parsed_content("train#dataset")
+    dataset.transform.set_random_state(0)
+    with_organ = []
+    for i in range(24):
+        patches = dataset[i % len(dataset)]
+        assert len(patches) == parser["num_samples"]
+        for p in patches:
+            assert tuple(p["image"].shape) == (1, *patch) and tuple(p["label"].shape) == (1, *patch)
+            assert float(p["image"].max()) > 0  # windowed CT: air is 0
+            with_organ.append(bool((p["label"] > 0).any()))
+    assert np.mean(with_organ) >= 0.6
 
 
 @pytest.mark.parametrize(

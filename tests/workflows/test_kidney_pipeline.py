@@ -97,24 +97,6 @@ def test_cached_source_case_is_compact(demo: Path) -> None:
     assert nbytes <= 5 * label.size + 4 * (fg.size + 100_000)  # nothing else per voxel in the cache
 
 
-def test_compact_indices_cap_and_spread_the_background() -> None:
-    from tlk_components.data.transforms import CompactFgBgIndicesd
-    from tlk_components.utils.errors import ConfigError
-
-    label = np.zeros((1, 20, 30, 40), np.uint8)
-    label[0, 5:8, 10:12, 3:9] = 1
-    out = CompactFgBgIndicesd("label", max_background=1000)({"label": label})
-    assert out["label_fg_indices"].size == 3 * 2 * 6
-    bg = out["label_bg_indices"]
-    assert 900 <= bg.size <= 1000 and (label.reshape(-1)[bg] == 0).all()
-    z = np.unravel_index(bg, label.shape[1:])[0]
-    assert z.min() <= 1 and z.max() >= 18  # spread over the whole volume, not the first rows
-    with pytest.raises(ConfigError, match="max_background"):
-        CompactFgBgIndicesd("label", max_background=0)
-    with pytest.raises(ValueError, match="one-channel"):
-        CompactFgBgIndicesd("label")({"label": np.zeros((2, 4, 4, 4))})
-
-
 def test_target_patches_are_unlabelled_body_patches(demo: Path) -> None:
     p = _parser(demo)
     ds = p.get_parsed_content("train#target_dataset")

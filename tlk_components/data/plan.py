@@ -36,7 +36,16 @@ from tlk_components.utils.errors import ConfigError, DatasetError
 from tlk_components.utils.io import atomic_write_json
 from tlk_components.utils.validation import check_positive_int
 
-__all__ = ["ensure_plans", "fingerprint_domain", "intensity_stats", "load_plans", "make_plan", "plan"]
+__all__ = [
+    "ensure_datalist_plans",
+    "ensure_plans",
+    "fingerprint_domain",
+    "intensity_stats",
+    "load_plans",
+    "make_plan",
+    "plan",
+    "plan_datalist",
+]
 
 
 def intensity_stats(values: np.ndarray) -> dict[str, float]:
@@ -208,7 +217,10 @@ def load_plans(plans_file: str | os.PathLike) -> dict[str, Any]:
 
     path = Path(plans_file)
     if not path.is_file():
-        raise ConfigError(f"plans file {path} not found; run `python -m tlk_components plan DATASET_DIR --out {path}`")
+        raise ConfigError(
+            f"plans file {path} not found: training writes it next to the weights (ckpt_dir); train first, copy the "
+            "plans.json that came with the weights into that folder, or pass --patch_size/--batch_size explicitly"
+        )
     try:
         plans = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -266,8 +278,49 @@ def plan(
     if not base.is_dir():
         raise DatasetError(f"dataset_dir {base} does not exist; pass the folder that holds the data")
     source_list, target_list = _domain_lists(base, source_dir, target_dir)
-    source_fp = fingerprint_domain(source_list, use_labels=True)
-    target_fp = fingerprint_domain(target_list, use_labels=False) if target_list else None
+    path = Path(out) if out else base / "plans.json"
+    return plan_datalist(
+        source_list,
+        path,
+        target_datalist=target_list,
+        target_spacing=target_spacing,
+        divisor=divisor,
+        max_patch_voxels=max_patch_voxels,
+        memory_voxels=memory_voxels,
+    )
+
+
+def plan_datalist(
+    datalist: Sequence[dict[str, str]],
+    out: str | os.PathLike,
+    target_datalist: Sequence[dict[str, str]] | None = None,
+    target_spacing: Sequence[float] | None = None,
+    divisor: int = 16,
+    max_patch_voxels: int = 96 * 96 * 64,
+    memory_voxels: int = 2 * 96 * 96 * 64,
+) -> str:
+    """Fingerprint labelled cases (and, label-free, a target domain's) and write the plan to ``out`` (atomically).
+
+    The one writer of ``plans.json`` (:func:`plan` calls it with the kidney domains; the abdomen bundle with its
+    training cases).
+
+    Args:
+        datalist: labelled cases, ``{"image": path, "label": path}`` each (at least one).
+        out: plans.json path.
+        target_datalist: images of a target domain (labels never read), or None.
+        target_spacing, divisor, max_patch_voxels, memory_voxels: the rules of :func:`make_plan`.
+
+    Returns:
+        ``out`` as a string.
+
+    Raises:
+        DatasetError: an empty datalist or an unreadable case (from :func:`fingerprint_domain`).
+        ConfigError: an invalid rule argument.
+    """
+    if not datalist:
+        raise DatasetError(f"no labelled cases to plan {out} from; check dataset_dir and its layout")
+    source_fp = fingerprint_domain(datalist, use_labels=True)
+    target_fp = fingerprint_domain(target_datalist, use_labels=False) if target_datalist else None
     plans = make_plan(
         source_fp,
         target_fp,
@@ -276,8 +329,19 @@ def plan(
         max_patch_voxels=max_patch_voxels,
         memory_voxels=memory_voxels,
     )
-    path = Path(out) if out else base / "plans.json"
-    atomic_write_json(path, plans)
+    atomic_write_json(Path(out), plans)
+    return str(out)
+
+
+def ensure_datalist_plans(plans_file: str | os.PathLike, datalist: Sequence[dict[str, str]], **kwargs: Any) -> str:
+    """Return ``plans_file``, writing it with :func:`plan_datalist` (``**kwargs``) first when it does not exist.
+
+    For a config's ``initialize``: a plan already written (trained with, or shipped in a bundle's ``models/``) is
+    kept; delete it to re-plan.
+    """
+    path = Path(plans_file)
+    if not path.is_file():
+        plan_datalist(datalist, path, **kwargs)
     return str(path)
 
 

@@ -11,6 +11,9 @@
   ``RandCropByPosNegLabeld``, compact enough to cache: ``int32`` foreground indices and an evenly strided subset of
   at most ``max_background`` background indices (MONAI's ``FgBgToIndicesd`` keeps every background voxel as
   ``int64``: 8 bytes per cached voxel, twice the image).
+* :func:`nnunet_augmentation` - nnU-Net's training augmentation built from MONAI transforms (rotation and
+  scaling, Gaussian noise and blur, brightness, contrast, simulated low resolution, gamma, mirroring), shared by the
+  CT segmentation bundles.
 * :class:`KidneyFromAmosd` - maps a 16-channel AMOS output to 2 channels (background, kidney) with
   kidney = max(right kidney, left kidney) and background = max(every other channel), as TLK did at prediction.
 """
@@ -29,7 +32,7 @@ from monai.config import KeysCollection
 from monai.transforms import Compose, MapTransform
 
 from tlk_components.utils.errors import ConfigError
-from tlk_components.utils.validation import check_positive_int
+from tlk_components.utils.validation import check_in_range, check_positive_int, check_probability
 
 __all__ = [
     "BODY_HU",
@@ -37,6 +40,7 @@ __all__ = [
     "CompactFgBgIndicesd",
     "KidneyFromAmosd",
     "chain",
+    "nnunet_augmentation",
     "load_normalization",
     "select_body",
 ]
@@ -236,16 +240,30 @@ class CompactFgBgIndicesd(MapTransform):
     Args:
         keys: label key(s); shape ``(1, *S)`` or ``(*S)``.
         max_background: cap on the background indices kept, >= 1 (default 100000).
+        image_key: with ``image_threshold``, background centres are only label-0 voxels whose image value (any
+            channel) is above the threshold, as ``RandCropByPosNegLabeld(image_key=..., image_threshold=...)`` does
+            without precomputed indices (e.g. no crop centred in the air around the body). Default None: every
+            label-0 voxel.
+        image_threshold: see ``image_key`` (default 0.0).
         allow_missing_keys: skip absent keys.
 
     Raises:
         ConfigError: ``max_background`` < 1.
-        ValueError: at call time, a label with more than one channel.
+        ValueError: at call time, a label with more than one channel, or an image of another spatial shape.
     """
 
-    def __init__(self, keys: KeysCollection, max_background: int = 100_000, allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        max_background: int = 100_000,
+        image_key: str | None = None,
+        image_threshold: float = 0.0,
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.max_background = check_positive_int("max_background", max_background)
+        self.image_key = image_key
+        self.image_threshold = check_in_range("image_threshold", image_threshold)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         """Add the two index arrays for every key."""
@@ -257,8 +275,144 @@ class CompactFgBgIndicesd(MapTransform):
             flat = (label.reshape(-1) > 0).cpu().numpy()
             dtype = np.int32 if flat.size < 2**31 else np.int64
             fg = np.flatnonzero(flat).astype(dtype)
-            bg = np.flatnonzero(~flat)
+            bg = np.flatnonzero(~flat & self._inside(d, label))
             step = max(1, -(-bg.size // self.max_background))
             d[f"{key}_fg_indices"] = fg
             d[f"{key}_bg_indices"] = bg[::step].astype(dtype)
         return d
+
+    def _inside(self, d: Mapping[Hashable, Any], label: torch.Tensor) -> np.ndarray | bool:
+        """Flat mask of the voxels whose image is above ``image_threshold`` in any channel (True without an image)."""
+        if self.image_key is None:
+            return True
+        image = torch.as_tensor(d[self.image_key])
+        spatial = label.shape[1:] if label.ndim >= 4 else label.shape
+        if tuple(image.shape[-len(spatial) :]) != tuple(spatial):
+            raise ValueError(
+                f"{self.image_key}: spatial shape {tuple(image.shape[-len(spatial) :])} differs from the label's "
+                f"{tuple(spatial)}"
+            )
+        image = image.reshape(-1, *spatial) if image.ndim > len(spatial) else image[None]
+        return (image > self.image_threshold).any(0).reshape(-1).cpu().numpy()
+
+
+def nnunet_augmentation(
+    keys: Sequence[str] = ("image", "label"),
+    rotate_range: float = 0.26,
+    scale_range: float = 0.15,
+    spatial_prob: float = 0.2,
+    noise_prob: float = 0.1,
+    noise_std: float = 0.1,
+    blur_prob: float = 0.2,
+    blur_sigma: Sequence[float] = (0.5, 1.0),
+    brightness_prob: float = 0.15,
+    brightness: float = 0.25,
+    contrast_prob: float = 0.15,
+    contrast: float = 0.25,
+    low_resolution_prob: float = 0.25,
+    low_resolution_zoom: Sequence[float] = (0.5, 1.0),
+    gamma_prob: float = 0.3,
+    gamma: Sequence[float] = (0.7, 1.5),
+    mirror_axes: Sequence[int] = (0, 1, 2),
+    mirror_prob: float = 0.5,
+) -> list[MapTransform]:
+    """nnU-Net's training augmentation (Isensee et al., Nature Methods 2021, supplementary note 4) from MONAI transforms.
+
+    In nnU-Net's order: rotation and scaling (``RandAffined``, one draw for image and label, nearest for the label),
+    Gaussian noise on the image (``RandGaussianNoised``), Gaussian blur (``RandGaussianSmoothd``), brightness
+    (multiplicative, ``RandScaleIntensityd``), contrast (``RandScaleIntensityFixedMeand``: scaled about the mean),
+    simulated low resolution (``RandSimulateLowResolutiond``), gamma (``RandAdjustContrastd``) and mirroring
+    (``RandFlipd`` per axis). The defaults are nnU-Net's probabilities and ranges, with the image z-scored or in
+    [0, 1]; only the rotation (±0.26 rad = ±15°) is smaller than nnU-Net's ±30°, for CPU-sized patches.
+
+    Args:
+        keys: ``(image_key, label_key)``; the label gets only the spatial transforms. Default ("image", "label").
+        rotate_range: rotation about each axis, uniform in [-r, r] radians, >= 0 (default 0.26).
+        scale_range: zoom 1 + uniform in [-s, s] per axis, in [0, 1) (default 0.15).
+        spatial_prob: probability of the rotation/scaling, in [0, 1] (default 0.2).
+        noise_prob: probability of Gaussian noise (default 0.1); noise_std: its standard deviation, >= 0 (0.1).
+        blur_prob: probability of blurring (default 0.2); blur_sigma: (low, high) sigma in voxels, per axis.
+        brightness_prob: probability of a brightness change (default 0.15); brightness: factor 1 + U(-b, b).
+        contrast_prob: probability of a contrast change (default 0.15); contrast: factor 1 + U(-c, c) about the mean.
+        low_resolution_prob: probability of simulated low resolution (default 0.25); low_resolution_zoom: (low,
+            high) downsampling factor in (0, 1].
+        gamma_prob: probability of a gamma change (default 0.3); gamma: (low, high) exponent range, > 0.
+        mirror_axes: spatial axes (0-2) flipped, each with ``mirror_prob`` (default all three). Leave out an axis
+            when mirroring along it swaps classes: the left-right axis (0 in RAS) for labels with left and right
+            organs.
+        mirror_prob: probability of each flip, in [0, 1] (default 0.5).
+
+    Returns:
+        The transforms, in order (a list a config can splice into :func:`chain`).
+
+    Raises:
+        ConfigError: a probability outside [0, 1], a negative range, ``scale_range`` >= 1, a (low, high) pair not
+            ordered or out of range, a mirror axis outside 0-2, or ``keys`` not two names.
+    """
+    from monai.transforms import (  # noqa: PLC0415 - the transform zoo is only needed to build the list
+        RandAdjustContrastd,
+        RandAffined,
+        RandFlipd,
+        RandGaussianNoised,
+        RandGaussianSmoothd,
+        RandScaleIntensityd,
+        RandScaleIntensityFixedMeand,
+        RandSimulateLowResolutiond,
+    )
+
+    if isinstance(keys, str) or len(keys) != 2:
+        raise ConfigError(f"nnunet_augmentation: keys={keys!r}: expected [image_key, label_key]")
+    image, label = str(keys[0]), str(keys[1])
+    probs = {
+        "spatial_prob": spatial_prob,
+        "noise_prob": noise_prob,
+        "blur_prob": blur_prob,
+        "brightness_prob": brightness_prob,
+        "contrast_prob": contrast_prob,
+        "low_resolution_prob": low_resolution_prob,
+        "gamma_prob": gamma_prob,
+        "mirror_prob": mirror_prob,
+    }
+    p = {name: check_probability(name, value) for name, value in probs.items()}
+    rotate = check_in_range("rotate_range", rotate_range, 0.0)
+    scale = check_in_range("scale_range", scale_range, 0.0)
+    if scale >= 1.0:
+        raise ConfigError(f"scale_range={scale_range!r}: expected a number in [0, 1) (the zoom is 1 +/- it)")
+    std = check_in_range("noise_std", noise_std, 0.0)
+    bright = check_in_range("brightness", brightness, 0.0)
+    contr = check_in_range("contrast", contrast, 0.0)
+    sigma = _ordered_pair("blur_sigma", blur_sigma, 0.0)
+    zoom = _ordered_pair("low_resolution_zoom", low_resolution_zoom, 0.0, 1.0, low_inclusive=False)
+    gam = _ordered_pair("gamma", gamma, 0.0, low_inclusive=False)
+    axes = [int(check_in_range(f"mirror_axes[{i}]", a, 0, 2)) for i, a in enumerate(mirror_axes)]
+    if any(a != b for a, b in zip(axes, mirror_axes, strict=True)):
+        raise ConfigError(f"mirror_axes={list(mirror_axes)!r}: expected spatial axes among 0, 1, 2")
+    return [
+        RandAffined(
+            keys=[image, label],
+            prob=p["spatial_prob"],
+            rotate_range=[rotate] * 3,
+            scale_range=[scale] * 3,
+            mode=["bilinear", "nearest"],
+            padding_mode="border",
+        ),
+        RandGaussianNoised(keys=image, prob=p["noise_prob"], std=std),
+        RandGaussianSmoothd(keys=image, prob=p["blur_prob"], sigma_x=sigma, sigma_y=sigma, sigma_z=sigma),
+        RandScaleIntensityd(keys=image, prob=p["brightness_prob"], factors=bright),
+        RandScaleIntensityFixedMeand(keys=image, prob=p["contrast_prob"], factors=contr),
+        RandSimulateLowResolutiond(keys=image, prob=p["low_resolution_prob"], zoom_range=zoom),
+        RandAdjustContrastd(keys=image, prob=p["gamma_prob"], gamma=gam),
+        *[RandFlipd(keys=[image, label], prob=p["mirror_prob"], spatial_axis=a) for a in axes],
+    ]
+
+
+def _ordered_pair(
+    name: str, value: Sequence[float], low: float, high: float | None = None, *, low_inclusive: bool = True
+) -> tuple[float, float]:
+    """``(a, b)`` with ``a <= b``, both in the range (see :func:`check_in_range`)."""
+    if isinstance(value, str) or len(value) != 2:
+        raise ConfigError(f"{name}={value!r}: expected [low, high]")
+    a, b = (check_in_range(name, v, low, high, low_inclusive=low_inclusive) for v in value)
+    if a > b:
+        raise ConfigError(f"{name}={list(value)!r}: expected [low, high] with low <= high")
+    return a, b

@@ -226,6 +226,23 @@ def test_patch_and_batch_size_come_from_the_plan_and_patches_oversample_foregrou
     assert np.mean(with_organ) >= 0.6
 
 
+def test_nnunet_augmentation_variant_builds_the_shared_pieces(tiny: Path, tmp_path: Path) -> None:
+    """``train_nnunet_augmentation.json``: cached compact indices, foreground-oversampled patches and the shared
+    nnU-Net augmentation, never mirrored left-right; the default keeps the intensity-only recipe."""
+    names = {}
+    for variant in ([], ["train_nnunet_augmentation.json"]):
+        parser = ConfigParser()
+        parser.read_config([str(CONFIGS / c) for c in ["train.json", *variant]])
+        parser.update({"dataset_dir": str(tiny), "ckpt_dir": str(tmp_path / "m"), "bundle_root": str(tmp_path)})
+        parser.get_parsed_content("plan")
+        transforms = parser.get_parsed_content("train#preprocessing").transforms
+        names[len(variant)] = [type(t).__name__ for t in transforms]
+        flips = [t for t in transforms if type(t).__name__ == "RandFlipd"]
+        assert sorted(t.flipper.spatial_axis for t in flips) == ([1, 2] if variant else [])
+    assert "CompactFgBgIndicesd" in names[1] and "RandAffined" in names[1] and "RandShiftIntensityd" not in names[1]
+    assert "CompactFgBgIndicesd" not in names[0] and names[0][-2:] == ["RandScaleIntensityd", "RandShiftIntensityd"]
+
+
 @pytest.mark.parametrize(
     "variant, expected",
     [([], "UNet3D"), (["train_se.json"], "SqueezeExcitation"), (["train_attention_unet.json"], "AttentionUNet3D")],

@@ -194,9 +194,11 @@ def test_heavy_augmentation_variant_overrides_only_the_augmentation(demo: Path) 
     """heavy_augmentation.json (the domain-generalisation baseline) swaps the augmentation list and nothing else."""
     base = _parser(demo, "pretrain.json")
     heavy = _parser(demo, "pretrain.json", "heavy_augmentation.json")
-    names = [t["_target_"] for t in heavy["augmentation"]]
-    assert {"RandHistogramShiftd", "RandShiftIntensityd"} <= set(names) and len(names) > len(base["augmentation"])
-    assert heavy.get("augmentation")[0]["prob"] > base.get("augmentation")[0]["prob"]
+    heavy_aug, base_aug = heavy.get_parsed_content("augmentation"), base.get_parsed_content("augmentation")
+    names = [type(t).__name__ for t in heavy_aug]
+    assert {"RandHistogramShiftd", "RandShiftIntensityd"} <= set(names) and len(names) > len(base_aug)
+    assert type(heavy_aug[0]).__name__ == type(base_aug[0]).__name__ == "RandAffined"
+    assert heavy_aug[0].prob > base_aug[0].prob
     from monai.utils import set_determinism
 
     set_determinism(seed=0)

@@ -11,14 +11,18 @@ Protocol:
 
 1. **Selection** (``--dev_seed``, a data seed not used in the table): source pretraining, then DANN with each
    ``--dann_lambdas`` (the encoder-adversary weight; warm-start GRL over the whole run) is scored on the **dev**
-   cases; the best λ goes into the table. The adapter's own settings (learning rate, size range, momentum) were
-   chosen the same way on that seed (kidney README, "How the defaults were chosen").
+   cases; the best λ goes into the table. Then the source model, AdaBN alone and each adapter setting in
+   :data:`ADAPTER_VARIANTS` (``--select_adapter 1``) are scored on every labelled target case of that seed (its
+   dev and test split; the seed is not in the table): ``train.json``'s adapter is the best of them (kidney README,
+   "How the adapter's defaults were chosen").
 2. **Table**: for each data seed in ``--data_seeds`` (fresh demo data) and training seed in ``--train_seeds``:
    source-only (``pretrain.json``), heavy-augmentation source-only (``pretrain.json`` + ``heavy_augmentation.json``,
    the domain-generalisation baseline), AdaBN alone (BN statistics re-estimated on target patches, no weight
    update), histogram matching (quantile matching of target body intensities to the source's; with the argmax and
    with the kidney probability thresholded so each case's predicted kidney share of its body equals the source's),
-   DANN (chosen λ, ``--dann_steps`` steps), the default adapter (``train.json``), the oracle (``oracle.json``:
+   DANN (chosen λ, ``--dann_steps`` steps), the default adapter (``train.json``: self-training on the source
+   model's confident labels of strongly perturbed target patches), 0.7's entropy + size prior adapter
+   (``train_entropy_prior.json``), the oracle (``oracle.json``:
    trained from scratch on target-train labels, selected on dev, validated every ``--oracle_val_interval``
    epochs) and fine-tuning (the source model trained on target-train labels, selected on dev). With the first
    training seed also the adapter with its size prior scaled by each of ``--prior_scales`` (prior error).
@@ -274,6 +278,67 @@ def select_dann_lambda(args: argparse.Namespace, out: Path) -> float:
     return best
 
 
+#: Adapter settings scored on the selection seed: name -> (extra configs, overrides) on ``train.json``.
+ADAPTER_VARIANTS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "default (train.json)": ((), {}),
+    "mean teacher (teacher_decay 0.99)": ((), {"teacher_decay": 0.99}),
+    'no strong view (strong_view_key "")': ((), {"strong_view_key": ""}),
+    "BatchNorm statistics adapted, then AdaBN": ((), {"freeze_bn_stats": False, "recalibrate_bn": True}),
+    "100 steps (epoch_length 10)": ((), {"epoch_length": 10}),
+    "0.7 adapter (train_entropy_prior.json)": (("train_entropy_prior.json",), {}),
+}
+
+
+def select_adapter(args: argparse.Namespace, out: Path) -> dict[str, dict[str, float]]:
+    """Score the source model, AdaBN alone and each of :data:`ADAPTER_VARIANTS` on every labelled target case of the
+    selection data seed (its dev and test split: none of them is in the table); prints and returns the scores."""
+    data = write_data(out / f"data_{args.dev_seed}", args.dev_seed, args.size)
+    run = Run(out / f"select_d{args.dev_seed}", data, 0, args)
+    src = run.stage("source_only", run.pretrain)
+    n = {"dev": 0, "test": 0}
+    for split in n:
+        n[split] = run.stage(f"n_{split}", lambda split=split: len(_target_split(run, split)))
+    # name -> (the stage key of the model, the model); every score is cached under "<stage key>_<split>"
+    models: dict[str, tuple[str, dict[str, Any]]] = {
+        "source-only": ("source_only", {"ckpt": src["ckpt"], "alignment": None}),
+        "AdaBN alone": ("adabn", {**run.stage("adabn", run.adabn), "alignment": None}),
+    }
+    for i, (name, (configs, overrides)) in enumerate(ADAPTER_VARIANTS.items()):
+        m = run.stage(f"sel_{i}", lambda c=configs, o=overrides, i=i: run.adapt(f"sel_{i}", c, **o))
+        models[name] = (f"sel_{i}", m)
+
+    def score(key: str, m: dict[str, Any], split: str) -> float:
+        if m["alignment"] is None:
+            return run.stage(key, lambda: run.evaluate(key, {"m": m["ckpt"]}, split))["m"]
+        return run.stage(key, lambda: _eval_aligned(run, key, {"m": m}, split))["m"]
+
+    scores = {}
+    for name, (stage_key, m) in models.items():
+        row = {split: score(f"{stage_key}_{split}", m, split) for split in n}
+        row["all"] = (n["dev"] * row["dev"] + n["test"] * row["test"]) / (n["dev"] + n["test"])
+        row["adapt_s"] = m.get("time_s")
+        scores[name] = row
+    print(
+        f"\n| adapter (data seed {args.dev_seed}) | dev Dice ({n['dev']}) | test Dice ({n['test']}; seed not in the "
+        f"table) | all {n['dev'] + n['test']} |\n|---|---|---|---|"
+    )
+    for name, row in scores.items():
+        print(f"| {name} | {row['dev']:.4f} | {row['test']:.4f} | {row['all']:.4f} |")
+    return scores
+
+
+def _target_split(run: Run, split: str) -> list[dict[str, str]]:
+    """The target cases of ``split`` as the bundle splits them (``train.json``'s ``target_dev_fraction``)."""
+    from monai.bundle import ConfigParser
+
+    from tlk_components.data.kidney import resolve_layout
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    dev_fraction = parser.get_parsed_content("target_dev_fraction")
+    return resolve_layout(run.data).target_datalist(split, labels=False, dev_fraction=dev_fraction)
+
+
 def _first_time(history: list[tuple[float, float]], level: float) -> float | None:
     return next((t for t, v in history if v >= level), None)
 
@@ -288,6 +353,7 @@ def table_run(
     oracle = run.stage("oracle", lambda: run.supervised_target("oracle", args.oracle_epochs, None))
     ft = run.stage("finetune", lambda: run.supervised_target("finetune", args.finetune_epochs, Path(src["ckpt"])))
     adapted = run.stage("adapted", lambda: run.adapt("adapted", **_adapter_overrides(args)))
+    entropy = run.stage("entropy_prior", lambda: run.adapt("entropy_prior", ("train_entropy_prior.json",)))
     adabn = run.stage("adabn", run.adabn)
     dann = run.stage("dann", lambda: run.adapt("dann", ("train_dann.json",), **_dann_overrides(args, lam)))
     prior = {}
@@ -319,7 +385,12 @@ def table_run(
             ),
         )
     )
-    aligned = {"adapted": adapted, "dann": dann, **{f"prior_x{s:g}": m for s, m in prior.items()}}
+    aligned = {
+        "adapted": adapted,
+        "entropy_prior": entropy,
+        "dann": dann,
+        **{f"prior_x{s:g}": m for s, m in prior.items()},
+    }
     test.update(run.stage("test_aligned", lambda: _eval_aligned(run, "test", aligned, "test")))
     dev_adapted = run.stage("dev_adapted", lambda: _eval_aligned(run, "dev", {"adapted": adapted}, "dev"))["adapted"]
     hist = oracle["history"]
@@ -333,6 +404,7 @@ def table_run(
             "pretrain_s": src["time_s"],
             "aug_pretrain_s": aug["time_s"],
             "adapt_s": adapted["time_s"],
+            "entropy_prior_s": entropy["time_s"],
             "dann_s": dann["time_s"],
             "oracle_total_s": oracle["time_s"],
             "oracle_to_95_s": t95,
@@ -360,7 +432,8 @@ def summarise(runs: list[dict[str, Any]], lam: float, prior_scales: list[float])
         ("source_only_threshold", "source-only + prior-matched threshold"),
         ("adabn", "AdaBN alone"),
         ("dann", f"DANN (λ {lam:g})"),
-        ("adapted", "default adapter"),
+        ("entropy_prior", "entropy + size prior (0.7 default adapter)"),
+        ("adapted", "default adapter (self-training)"),
         ("finetune", "fine-tuning on target labels"),
         ("oracle", "oracle (target labels)"),
     ]
@@ -435,6 +508,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--dann_lr", type=float, default=1e-4)
     ap.add_argument("--dann_lambdas", default="0.03,0.1,0.3")
     ap.add_argument("--prior_scales", default="0.5,0.7,1.5,2")
+    ap.add_argument(
+        "--select_adapter",
+        type=int,
+        default=1,
+        help="1: score ADAPTER_VARIANTS on the selection seed first (how train.json's adapter was chosen); 0: skip",
+    )
     args = ap.parse_args(argv)
     args.dann_lambdas = [float(x) for x in args.dann_lambdas.split(",")]
     args.prior_scales = [float(x) for x in args.prior_scales.split(",") if x]
@@ -442,6 +521,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     lam = select_dann_lambda(args, out) if len(args.dann_lambdas) > 1 else args.dann_lambdas[0]
+    selection = select_adapter(args, out) if args.select_adapter else {}
     train_seeds = [int(x) for x in args.train_seeds.split(",")]
     runs = []
     for d in (int(x) for x in args.data_seeds.split(",")):
@@ -449,6 +529,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             runs.append(table_run(args, out, d, t, lam, first=t == train_seeds[0]))
             (out / "runs.json").write_text(json.dumps(runs, indent=2))
     res = summarise(runs, lam, args.prior_scales)
+    res["adapter_selection"] = selection
     res["bench_wall_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(res))
     return res

@@ -27,6 +27,15 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"root": root, "data": Path(data), "models": root / "models", "eval": root / "eval"}
 
 
+def _tb_tags(event_file: Path) -> set[str]:
+    """The scalar tags of a TensorBoard event file (e.g. ``train_loss/pseudo_label``), without their prefix."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(event_file))
+    acc.Reload()
+    return {t.split("/")[-1] for t in acc.Tags()["scalars"]}
+
+
 def _common(work: dict[str, Path]) -> dict:
     return {
         "dataset_dir": work["data"],
@@ -56,11 +65,18 @@ def test_pretrain_adapt_without_target_labels_evaluate_infer(work: dict[str, Pat
     for s in segs:
         shutil.copy(s, backup / f"{s.parent.name}.nii.gz")
         s.write_bytes(b"unreadable: adaptation must not open target labels")
-    weights = {"source_seg": 1.0, "encoder_adv": 0.1, "target_entropy": 1.0, "target_prior": 1.0}
+    dann = {
+        **_common(work),
+        "ckpt_dir": work["root"] / "models_dann",
+        "output_dir": work["root"] / "eval_dann",
+        "plans_file": work["models"] / "plans.json",
+        "pretrained_path": work["models"] / "pretrained.pt",
+    }
     try:
-        out = run_bundle(
-            BUNDLE, "train.json", **_common(work), epochs=1, epoch_length=2, val_interval=1, loss_weights=weights
-        )
+        # the default adapter (self-training on the source model's confident labels of strongly perturbed target
+        # patches + size prior) and DANN (source labels + encoder adversary, intensity alignment, AdaBN)
+        dann_out = run_bundle(BUNDLE, ["train.json", "train_dann.json"], **dann, epochs=1, epoch_length=2)
+        out = run_bundle(BUNDLE, "train.json", **_common(work), epochs=1, epoch_length=2, val_interval=1)
         # the same corruption is caught by the oracle's verification, so the check is not vacuous
         bad = run_bundle(BUNDLE, ["train.json", "pretrain.json", "oracle.json"], **_common(work), epochs=1, check=False)
         assert bad.returncode != 0 and "segmentation.nii.gz" in bad.stdout
@@ -68,16 +84,26 @@ def test_pretrain_adapt_without_target_labels_evaluate_infer(work: dict[str, Pat
         for s in segs:
             shutil.copy(backup / f"{s.parent.name}.nii.gz", s)
     assert (work["models"] / "model.pt").is_file()
-    assert "AdaBN: re-estimated" in out.stdout  # BatchNorm statistics of the saved model are the target's
+    assert "AdaBN: re-estimated" in dann_out.stdout  # DANN's saved BatchNorm statistics are the target's
+    assert "AdaBN" not in out.stdout  # the default keeps the source's
+    assert json.loads((work["models"] / "intensity_alignment.json").read_text())["enabled"] is False
+    # evaluating DANN's weights applies its alignment map and leaves it as DANN wrote it (fitted, enabled)
+    align = work["root"] / "models_dann" / "intensity_alignment.json"
+    fitted = align.read_text()
+    assert json.loads(fitted)["enabled"] is True
+    run_bundle(BUNDLE, ["train.json", "evaluate.json"], **{**dann, "output_dir": work["root"] / "eval_dann_test"})
+    assert align.read_text() == fitted
+    assert "target_mean_dice_kidney_adapted" in json.loads(
+        (work["root"] / "eval_dann_test" / "metrics.json").read_text()
+    )
+    tb_terms = {t for f in (work["eval"] / "tb_adapt").iterdir() for t in _tb_tags(f)}
+    assert {"pseudo_label", "target_prior"} <= tb_terms and "target_entropy" not in tb_terms
     assert (work["eval"] / "adapt_loss_curve.png").is_file()
-    assert any((work["eval"] / "tb_adapt").iterdir())
     first = json.loads((work["eval"] / "adapt_time.json").read_text())
     assert first["iterations"] == 2
 
     # --- resume: a second run with more epochs continues from the last checkpoint
-    out = run_bundle(
-        BUNDLE, "train.json", **_common(work), epochs=2, epoch_length=2, val_interval=1, loss_weights=weights
-    )
+    out = run_bundle(BUNDLE, "train.json", **_common(work), epochs=2, epoch_length=2, val_interval=1)
     assert "resumed from" in out.stdout
     assert json.loads((work["eval"] / "adapt_time.json").read_text())["iterations"] == 4
 

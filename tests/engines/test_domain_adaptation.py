@@ -102,3 +102,38 @@ def test_trainer_optimises_weighted_losses_without_reading_target_labels(tmp_pat
     assert all(p["source"] is None for p in paired)
     with pytest.raises(ConfigError, match="need source batches.*source_loader"):
         DomainAdaptationTrainer("cpu", 1, PairedLoader(None, tgt), model, opt)
+
+
+def test_trainer_passes_the_strong_view_and_names_a_missing_one() -> None:
+    from tlk_components.adaptation.entropy import ConfidentPseudoLabelLoss  # noqa: PLC0415
+    from tlk_components.adaptation.teacher import MeanTeacher  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    net = dynunet()
+    model = TransferrableModel(
+        net,
+        loss_weights={"pseudo_label": 1.0},
+        pseudo_label_loss=ConfidentPseudoLabelLoss(0.5),
+        teacher=MeanTeacher(net, decay=1.0),
+    )
+    seen = []
+    original = model.compute_losses
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("target_image_strong"))
+        return original(*args, **kwargs)
+
+    model.compute_losses = spy
+    _, tgt = _loaders()
+    for b in tgt:
+        b["image_strong"] = b["image"] + 1.0
+    opt = torch.optim.Adam(model.param_groups(1e-3))
+    DomainAdaptationTrainer("cpu", 1, PairedLoader(None, tgt), model, opt, strong_view_key="image_strong").run()
+    assert len(seen) == 2 and all(s is not None for s in seen)
+    torch.testing.assert_close(seen[0], tgt[0]["image"] + 1.0)
+    seen.clear()  # "" (a command line's none) and None: no strong view
+    for key in ("", None):
+        DomainAdaptationTrainer("cpu", 1, PairedLoader(None, tgt), model, opt, strong_view_key=key).run()
+    assert len(seen) == 4 and all(s is None for s in seen)
+    with pytest.raises(ConfigError, match="'view'.*strong_intensity_view"):
+        DomainAdaptationTrainer("cpu", 1, PairedLoader(None, tgt), model, opt, strong_view_key="view").run()

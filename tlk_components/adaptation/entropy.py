@@ -31,6 +31,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
+from monai.losses import DiceLoss
 from torch import nn
 
 from tlk_components.utils.errors import ConfigError
@@ -165,21 +166,31 @@ class EntropyPriorLoss(nn.Module):
 
 
 class ConfidentPseudoLabelLoss(nn.Module):
-    """Self-training on confident pseudo-labels (cross-entropy against the teacher's confident argmax).
+    """Self-training on confident pseudo-labels: cross-entropy (and optionally soft Dice) against the teacher's
+    confident argmax.
+
+    ``L = CE(logits, argmax(teacher))`` averaged over the voxels whose teacher probability is at least
+    ``threshold``, plus ``dice_weight`` times the soft Dice loss of the non-background classes over the same voxels
+    (batch Dice: ``1 - (2 Σ p·y + ε) / (Σ p + Σ y + ε)``, summed over the batch and the confident voxels, averaged
+    over the classes; MONAI's ``DiceLoss``). The Dice term keeps a small foreground (a kidney in a patch) from being
+    outweighed by the background voxels.
 
     Args:
         threshold: minimum teacher probability of a voxel's argmax class to use it, in [0.5, 1] (default 0.9).
+        dice_weight: weight of the soft Dice term, >= 0 (default 0: cross-entropy only).
 
     Shape:
         ``logits``, ``teacher_logits``: ``(N, C, *S)``. Output: a scalar (0 when no voxel is confident).
     """
 
-    def __init__(self, threshold: float = 0.9) -> None:
+    def __init__(self, threshold: float = 0.9, dice_weight: float = 0.0) -> None:
         super().__init__()
         self.threshold = check_in_range("threshold", threshold, 0.5, 1.0)
+        self.dice_weight = check_in_range("dice_weight", dice_weight, 0.0)
+        self.dice = DiceLoss(include_background=False, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
 
     def forward(self, logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-        """Mean CE over confident voxels; the teacher gets no gradient."""
+        """Mean CE over confident voxels (+ ``dice_weight`` · masked soft Dice); the teacher gets no gradient."""
         if logits.shape != teacher_logits.shape:
             raise ValueError(f"logits {tuple(logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ")
         with torch.no_grad():
@@ -188,4 +199,10 @@ class ConfidentPseudoLabelLoss(nn.Module):
         if not bool(mask.any()):
             return logits.sum() * 0.0
         ce = F.cross_entropy(logits.float(), target, reduction="none")
-        return ce[mask].mean()
+        loss = ce[mask].mean()
+        if self.dice_weight > 0:
+            m = mask.unsqueeze(1).float()
+            prob = torch.softmax(logits.float(), 1) * m
+            onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).float() * m
+            loss = loss + self.dice_weight * self.dice(prob, onehot)
+        return loss

@@ -253,7 +253,7 @@ class AlignedWeightsRecorder:
     Args:
         params_file: the alignment JSON of :func:`ensure_alignment`.
         weights: the saved weights (``model.pt``).
-        enabled: False records nothing (``train_no_alignment.json``: the model never saw aligned images).
+        enabled: False records nothing (``align_intensity`` false: the model never saw aligned images).
     """
 
     def __init__(self, params_file: str | os.PathLike, weights: str | os.PathLike, enabled: bool = True) -> None:

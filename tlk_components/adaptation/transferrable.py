@@ -15,7 +15,8 @@ name               term                                                         
 ``decoder_adv``    DANN on the decoder stage maps (TLK's decoder-gan)                          0
 ``target_entropy`` mean normalised entropy of target predictions                              0
 ``target_prior``   class-size prior on the mean predicted class share of the target            0
-``pseudo_label``   cross-entropy on the model's own confident target predictions               0
+``pseudo_label``   cross-entropy on confident target pseudo-labels (a mean teacher's, or the   0
+                   model's own)
 =================  ==========================================================================  =========
 
 ``total = Σ w_k · term_k``. A weight left out is 0 (TLK's ``--loss_weights 1 0 1 0 0`` is
@@ -31,6 +32,7 @@ labels): target class ``k`` gets the max of the logits of the source channels li
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,6 +43,7 @@ from torch import nn
 from tlk_components.adaptation.backbones import FeatureTaps, tap_points
 from tlk_components.adaptation.dann import DomainAdversarialLoss
 from tlk_components.adaptation.entropy import ConfidentPseudoLabelLoss, EntropyPriorLoss
+from tlk_components.adaptation.teacher import MeanTeacher, freeze_batchnorm_statistics
 from tlk_components.utils.distributed import unwrap_model
 from tlk_components.utils.errors import ConfigError
 from tlk_components.utils.validation import check_in_range, look_up_option
@@ -58,6 +61,8 @@ LOSS_NAMES = (
 )
 #: The terms that need a source batch (every term but ``source_seg`` needs a target batch).
 SOURCE_TERMS = ("source_seg", "encoder_adv", "decoder_adv")
+
+logger = logging.getLogger(__name__)
 
 _NEEDS = {  # term -> component attribute that must be set when the weight is > 0
     "encoder_adv": "encoder_adversary",
@@ -92,7 +97,13 @@ class TransferrableModel(nn.Module):
         seg_loss: loss for ``source_seg``/``target_seg`` (default ``DiceCELoss(to_onehot_y=True, softmax=True)``).
         encoder_adversary / decoder_adversary: :class:`DomainAdversarialLoss` on the encoder / decoder taps.
         target_adapter: :class:`EntropyPriorLoss` (terms ``target_entropy``, ``target_prior``).
-        pseudo_label_loss: :class:`ConfidentPseudoLabelLoss`; its teacher is the model's own detached prediction.
+        pseudo_label_loss: :class:`ConfidentPseudoLabelLoss`; its teacher is ``teacher`` when given, else the
+            model's own detached prediction.
+        teacher: :class:`MeanTeacher` of the backbone (built after the pretrained weights are loaded): it labels the
+            plain target view for ``pseudo_label`` and follows the backbone after each :meth:`step`. Kept only when
+            ``pseudo_label`` is active.
+        freeze_bn_stats: keep the backbone's BatchNorm running statistics (the source's) during training: its
+            BatchNorm layers stay in eval mode in :meth:`train` (affine parameters are still trained). Default False.
         taps: ``{"encoder": [...], "decoder": [...]}`` module names; default :func:`tap_points` of the backbone.
 
     Components that no active term uses are dropped (set to None; not in the state dict or the optimizer), the
@@ -122,6 +133,8 @@ class TransferrableModel(nn.Module):
         pseudo_label_loss: ConfidentPseudoLabelLoss | None = None,
         taps: Mapping[str, Sequence[str]] | None = None,
         target_class_map: Sequence[Sequence[int]] | None = None,
+        teacher: MeanTeacher | None = None,
+        freeze_bn_stats: bool = False,
     ) -> None:
         super().__init__()
         weights: dict[str, float] = {}
@@ -149,6 +162,12 @@ class TransferrableModel(nn.Module):
             if terms and device is not None and isinstance(module, nn.Module):
                 module = module.to(device)
             setattr(self, attr, module if terms else None)
+        if teacher is not None and not isinstance(teacher, MeanTeacher):
+            raise ConfigError(f"teacher: expected a MeanTeacher, got {type(teacher).__name__}")
+        self.teacher = teacher if self.active("pseudo_label") else None
+        if self.teacher is not None and device is not None:
+            self.teacher = self.teacher.to(device)
+        self.freeze_bn_stats = bool(freeze_bn_stats)
         self.target_class_map = [list(g) for g in target_class_map] if target_class_map is not None else None
         needed = [g for g, t in (("encoder", "encoder_adv"), ("decoder", "decoder_adv")) if self.active(t)]
         self.taps: FeatureTaps | None = None
@@ -161,6 +180,18 @@ class TransferrableModel(nn.Module):
                     f"taps lack groups {missing} needed by the active adversaries; give their module names"
                 )
             self.taps = FeatureTaps(inner, {g: points[g] for g in needed})
+        logger.info(f"adapter: {self.describe()}")
+
+    def describe(self) -> str:
+        """One line: the active terms and their weights, the teacher and the BatchNorm mode (logged at construction)."""
+        terms = ", ".join(f"{k} {w:g}" for k, w in self.loss_weights.items() if w > 0) or "no active term"
+        parts = [f"loss terms {terms}"]
+        if self.teacher is not None:
+            kind = "fixed (the initial weights)" if self.teacher.decay == 1.0 else f"EMA, decay {self.teacher.decay:g}"
+            parts.append(f"pseudo-label teacher {kind}")
+        if self.freeze_bn_stats:
+            parts.append("BatchNorm statistics frozen")
+        return "; ".join(parts)
 
     # ------------------------------------------------------------------ helpers
     def active(self, name: str) -> bool:
@@ -189,11 +220,20 @@ class TransferrableModel(nn.Module):
         feats = self.taps.pop() if self.taps is not None else {}
         return logits, feats
 
+    def train(self, mode: bool = True) -> TransferrableModel:
+        """Train/eval mode; with ``freeze_bn_stats`` the backbone's BatchNorm layers stay in eval mode."""
+        super().train(mode)
+        if mode and self.freeze_bn_stats:
+            freeze_batchnorm_statistics(self.backbone)
+        return self
+
     def step(self) -> None:
-        """Advance the adversaries' warm-start GRL schedules (once per iteration)."""
+        """After each optimiser step: advance the adversaries' warm-start GRL schedules and move the teacher."""
         for adv in (self.encoder_adversary, self.decoder_adversary):
             if adv is not None:
                 adv.step()
+        if self.teacher is not None:
+            self.teacher.update(unwrap_model(self.backbone))
 
     def discriminator_modules(self) -> list[nn.Module]:
         """The trainable modules that are not the backbone (the discriminators)."""
@@ -228,12 +268,15 @@ class TransferrableModel(nn.Module):
         source_label: torch.Tensor | None,
         target_image: torch.Tensor | None,
         target_label: torch.Tensor | None = None,
+        target_image_strong: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Every active term (unweighted) and ``total`` (weighted sum).
 
         Args:
             source_image, source_label: ``(N, C_in, *S)`` and ``(N, 1, *S)`` class indices.
             target_image: ``(M, C_in, *S')``. target_label: only for ``target_seg`` (never in this bundle).
+            target_image_strong: a strongly perturbed view of ``target_image`` (same shape and geometry), or None.
+                When given, the backbone's target terms see it and the teacher labels ``target_image``.
 
         Returns:
             ``{name: scalar for each active term, "total": scalar}``.
@@ -255,8 +298,18 @@ class TransferrableModel(nn.Module):
         s_logits = s_feats = t_logits = t_feats = None
         if need_src:
             s_logits, s_feats = self._run(source_image)
+        teacher_logits = None
+        if self.active("pseudo_label") and self.teacher is not None:
+            teacher_logits = map_logits(self.teacher(target_image), self.target_class_map)
+            if self.taps is not None:
+                self.taps.clear()
         if need_tgt:
-            t_logits, t_feats = self._run(target_image)
+            if target_image_strong is not None and target_image_strong.shape != target_image.shape:
+                raise ValueError(
+                    f"target_image_strong {tuple(target_image_strong.shape)} and target_image "
+                    f"{tuple(target_image.shape)} differ: the strong view must be the same patch"
+                )
+            t_logits, t_feats = self._run(target_image if target_image_strong is None else target_image_strong)
         if self.active("source_seg"):
             out["source_seg"] = self.seg_loss(s_logits, source_label)
         if self.active("target_seg"):
@@ -272,6 +325,7 @@ class TransferrableModel(nn.Module):
                 if self.active(name):
                     out[name] = terms[key]
         if self.active("pseudo_label"):
-            out["pseudo_label"] = self.pseudo_label_loss(t_mapped, t_mapped.detach())
+            teacher_logits = t_mapped.detach() if teacher_logits is None else teacher_logits
+            out["pseudo_label"] = self.pseudo_label_loss(t_mapped, teacher_logits)
         out["total"] = sum(w[k] * v for k, v in out.items())
         return out

@@ -14,6 +14,8 @@
 * :func:`nnunet_augmentation` - nnU-Net's training augmentation built from MONAI transforms (rotation and
   scaling, Gaussian noise and blur, brightness, contrast, simulated low resolution, gamma, mirroring), shared by the
   CT segmentation bundles.
+* :func:`strong_intensity_view` - a strongly perturbed copy of the image (contrast, brightness, shift, gamma,
+  noise; no spatial change) for mean-teacher self-training: the teacher labels the image, the student the copy.
 * :class:`KidneyFromAmosd` - maps a 16-channel AMOS output to 2 channels (background, kidney) with
   kidney = max(right kidney, left kidney) and background = max(every other channel), as TLK did at prediction.
 """
@@ -43,6 +45,7 @@ __all__ = [
     "nnunet_augmentation",
     "load_normalization",
     "select_body",
+    "strong_intensity_view",
 ]
 
 #: CT voxels above this value (HU) are the body (fat, soft tissue, bone, contrast); air and lung lie below.
@@ -403,6 +406,62 @@ def nnunet_augmentation(
         RandSimulateLowResolutiond(keys=image, prob=p["low_resolution_prob"], zoom_range=zoom),
         RandAdjustContrastd(keys=image, prob=p["gamma_prob"], gamma=gam),
         *[RandFlipd(keys=[image, label], prob=p["mirror_prob"], spatial_axis=a) for a in axes],
+    ]
+
+
+def strong_intensity_view(
+    key: str = "image",
+    view_key: str = "image_strong",
+    contrast: float = 0.3,
+    brightness: float = 0.2,
+    shift: float = 0.3,
+    gamma: Sequence[float] = (0.7, 1.5),
+    noise_std: float = 0.2,
+) -> list[MapTransform]:
+    """A strongly perturbed copy of ``key`` under ``view_key``, voxel for voxel in the same place (MONAI transforms).
+
+    The student view of mean-teacher self-training (:class:`~tlk_components.adaptation.teacher.MeanTeacher`;
+    Perone et al., NeuroImage 2019): every perturbation is applied to every patch, in this order: contrast about
+    the mean (``RandScaleIntensityFixedMeand``, factor 1 + U(-c, c)), brightness (``RandScaleIntensityd``, 1 +
+    U(-b, b)), shift (``RandShiftIntensityd``, + U(-s, s)), gamma on the min-max range (``RandAdjustContrastd``) and
+    Gaussian noise (``RandGaussianNoised``, std U(0, noise_std)). Ranges are for z-scored images. Intensity only:
+    the teacher's labels of ``key`` stay valid for the copy.
+
+    Args:
+        key: the image key (default "image"); view_key: the copy's key (default "image_strong").
+        contrast: in [0, 0.95] (default 0.3). brightness: in [0, 0.95] (default 0.2). shift: >= 0 (default 0.3).
+        gamma: (low, high) exponent range, > 0 (default (0.7, 1.5)). noise_std: >= 0 (default 0.2).
+
+    Returns:
+        ``CopyItemsd`` then the five perturbations, as a list a config can splice into :func:`chain`.
+
+    Raises:
+        ConfigError: a range out of bounds, ``gamma`` not an ordered pair, or ``view_key`` equal to ``key``.
+    """
+    from monai.transforms import (  # noqa: PLC0415 - the transform zoo is only needed to build the list
+        CopyItemsd,
+        RandAdjustContrastd,
+        RandGaussianNoised,
+        RandScaleIntensityd,
+        RandScaleIntensityFixedMeand,
+        RandShiftIntensityd,
+    )
+
+    if str(view_key) == str(key):
+        raise ConfigError(f"strong_intensity_view: view_key={view_key!r} must differ from key={key!r}")
+    contr = check_in_range("contrast", contrast, 0.0, 0.95)
+    bright = check_in_range("brightness", brightness, 0.0, 0.95)
+    shift_ = check_in_range("shift", shift, 0.0)
+    gam = _ordered_pair("gamma", gamma, 0.0, low_inclusive=False)
+    std = check_in_range("noise_std", noise_std, 0.0)
+    view = str(view_key)
+    return [
+        CopyItemsd(keys=str(key), times=1, names=view),
+        RandScaleIntensityFixedMeand(keys=view, prob=1.0, factors=contr),
+        RandScaleIntensityd(keys=view, prob=1.0, factors=bright),
+        RandShiftIntensityd(keys=view, prob=1.0, offsets=shift_),
+        RandAdjustContrastd(keys=view, prob=1.0, gamma=gam),
+        RandGaussianNoised(keys=view, prob=1.0, std=std),
     ]
 
 

@@ -139,6 +139,9 @@ class DomainAdaptationTrainer(Trainer):
         amp: mixed precision; only on CUDA (ignored on CPU).
         epoch_length: iterations per epoch (default ``len(train_data_loader)``).
         image_key, label_key: batch keys (default ``"image"``, ``"label"``).
+        strong_view_key: key of a strongly perturbed copy of the target image in the target batches (mean-teacher
+            self-training: the backbone sees it, the teacher the plain image), or None / "" (default None) to use
+            none ("" is how a ``monai.bundle run`` command line says none: it drops ``None`` overrides).
         train_handlers: ignite/MONAI handlers.
 
     Output (``engine.state.output``): ``{"loss": total, <term>: value, "grl_coeff": λ}`` as floats.
@@ -160,6 +163,7 @@ class DomainAdaptationTrainer(Trainer):
         image_key: str = "image",
         label_key: str = "label",
         train_handlers: Sequence | None = None,
+        strong_view_key: str | None = None,
     ) -> None:
         if not isinstance(unwrap_model(model), TransferrableModel):
             raise ConfigError(f"model: expected a TransferrableModel, got {type(model).__name__}")
@@ -179,6 +183,7 @@ class DomainAdaptationTrainer(Trainer):
         self.optimizer = optimizer
         self.grad_clip = check_in_range("grad_clip", grad_clip, 0.0)
         self.image_key, self.label_key = image_key, label_key
+        self.strong_view_key = strong_view_key or None
         if isinstance(train_data_loader, PairedLoader):
             train_data_loader.check_model(unwrap_model(model))
         if hasattr(train_data_loader, "set_epoch"):  # a new shuffle every epoch under DDP (as MONAI's Workflow)
@@ -195,10 +200,19 @@ class DomainAdaptationTrainer(Trainer):
         xs, ys = self._to(src, self.image_key), self._to(src, self.label_key)
         xt = self._to(tgt, self.image_key)
         yt = self._to(tgt, self.label_key) if model.active("target_seg") else None  # never in label-free runs
+        xt_strong = None
+        if self.strong_view_key is not None and tgt is not None:
+            if self.strong_view_key not in tgt:
+                raise ConfigError(
+                    f"strong_view_key {self.strong_view_key!r} is not in the target batch (keys {sorted(tgt)}); add the "
+                    "strong view to the target preprocessing (tlk_components.data.transforms.strong_intensity_view) "
+                    'or set strong_view_key to null ("" on the command line)'
+                )
+            xt_strong = self._to(tgt, self.strong_view_key)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.state.device.type, enabled=self.amp):
-            losses = model.compute_losses(xs, ys, xt, yt)
+            losses = model.compute_losses(xs, ys, xt, yt, target_image_strong=xt_strong)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         total = losses["total"]
         if not torch.isfinite(total):

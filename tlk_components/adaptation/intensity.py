@@ -87,15 +87,21 @@ def ensure_alignment(
     path: str | os.PathLike,
     source_datalist: Sequence[Mapping[str, str]],
     target_datalist: Sequence[Mapping[str, str]],
-    enabled: bool = True,
+    enabled: bool | None = True,
 ) -> str:
     """Write ``path`` (JSON: ``scale``, ``shift``, source and target body statistics) unless it exists with the same
     ``enabled`` setting.
 
-    With ``enabled=False`` the identity (scale 1, shift 0) is written, so configs can switch alignment off.
+    With ``enabled=False`` the identity (scale 1, shift 0) is written, so configs can switch alignment off. With
+    ``enabled=None`` an existing file is kept whatever it holds (stages that only read the map, or do not use it,
+    leave the one the last adaptation wrote) and the identity is written when there is none.
     Returns the path.
     """
     p = Path(path)
+    if enabled is None:
+        if p.is_file():
+            return str(p)
+        enabled = False
     if p.is_file():
         try:
             if bool(json.loads(p.read_text()).get("enabled", True)) == bool(enabled):

@@ -138,17 +138,16 @@ def prepare_stage(
         alignment_file: the alignment parameters (fitted on the training lists when missing).
         source_train_list, target_train_list: the datalists the alignment and quantile map are fitted on (the
             target's images only).
-        align_intensity: True: fit the alignment (kept when already fitted); False: write the identity (the stage
-            trains without alignment); None: leave the file as the last adaptation wrote it, the identity when there
-            is none (stages that only read it or do not use it: pretraining, oracle, evaluation). Default True.
+        align_intensity: ``enabled`` of :func:`~tlk_components.adaptation.intensity.ensure_alignment`: True fits
+            the alignment, False writes the identity, None (pretraining, oracle, evaluation) leaves the map the last
+            adaptation wrote. Default True.
         quantile_map_file: the histogram-matching map, fitted when missing; None (default): not needed.
 
     Returns:
         ``plans_file`` as a string.
     """
     ensure_plans(layout.root, plans_file, source_dir=layout.source, target_dir=layout.target, **dict(plan_settings))
-    if align_intensity is not None or not Path(alignment_file).is_file():
-        ensure_alignment(alignment_file, source_train_list, target_train_list, enabled=bool(align_intensity))
+    ensure_alignment(alignment_file, source_train_list, target_train_list, enabled=align_intensity)
     if quantile_map_file is not None:
         ensure_quantile_map(quantile_map_file, source_train_list, target_train_list)
     return str(plans_file)

@@ -517,6 +517,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     args.dann_lambdas = [float(x) for x in args.dann_lambdas.split(",")]
     args.prior_scales = [float(x) for x in args.prior_scales.split(",") if x]
+    data_seeds = [int(x) for x in args.data_seeds.split(",")]
+    if args.dev_seed in data_seeds:
+        ap.error(
+            f"--dev_seed {args.dev_seed} is also in --data_seeds {args.data_seeds}: the selection seed's labelled "
+            "cases (its test split included) choose the settings, so the table needs other data seeds; pick a "
+            "--dev_seed outside --data_seeds"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -524,7 +531,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     selection = select_adapter(args, out) if args.select_adapter else {}
     train_seeds = [int(x) for x in args.train_seeds.split(",")]
     runs = []
-    for d in (int(x) for x in args.data_seeds.split(",")):
+    for d in data_seeds:
         for t in train_seeds:
             runs.append(table_run(args, out, d, t, lam, first=t == train_seeds[0]))
             (out / "runs.json").write_text(json.dumps(runs, indent=2))

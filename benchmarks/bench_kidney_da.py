@@ -37,7 +37,10 @@ folder to redo it). Peak RSS is the largest of any stage's process. Run it alone
 The LAST line printed is one JSON object: ``dice_source_only, dice_aug_source_only, dice_histmatch, dice_adabn,
 dice_dann, dice_adapted, dice_oracle, dice_finetune`` (means over all runs; ``*_std`` beside each), ``dice_ratio``
 (adapted / oracle, mean of per-run ratios), ``dice_ratio_min`` (worst run), ``speedup_95``, ``speedup_to_adapted``,
-``n_data_seeds``, ``n_train_seeds``, ``peak_rss_gb``, the chosen ``dann_lambda``, the prior-error table and times.
+``n_data_seeds``, ``n_train_seeds``, ``peak_rss_gb``, the chosen ``dann_lambda``, the prior-error table and times;
+and where the Dice is lost: ``dice_parenchyma_<method>`` (kidney tissue, tumour voxels left out) and
+``tumour_recall_<method>`` (share of tumour voxels predicted as kidney) for source-only, heavy-augmentation
+source-only, the default adapter, fine-tuning and the oracle, and ``source_only_parenchyma_gap_points``.
 
 Usage::
 
@@ -200,8 +203,10 @@ class Run:
         return {"time_s": round(elapsed, 3), "ckpt": str(ckpt_dir / "model.pt")}
 
     def evaluate(
-        self, tag: str, checkpoints: dict[str, str], split: str = "test", **overrides: Any
-    ) -> dict[str, float]:
+        self, tag: str, checkpoints: dict[str, str], split: str = "test", parts: bool = False, **overrides: Any
+    ) -> dict[str, Any]:
+        """Mean kidney(+tumour) Dice per model; with ``parts`` per model ``{"dice", "parenchyma", "tumour_recall"}``
+        (tumour voxels left out / share of them found, ``TargetDiceEvaluation``'s metrics)."""
         out = self.root / f"eval_{tag}"
         extra = {}
         if split != "test":
@@ -212,7 +217,17 @@ class Run:
             **self.common(ckpt_dir=self.models, output_dir=out, checkpoints=checkpoints, **extra, **overrides),
         )
         metrics = _json(out / "metrics.json")
-        return {k: metrics[f"target_mean_dice_kidney_{k}"] for k in checkpoints}
+        dice = {k: metrics[f"target_mean_dice_kidney_{k}"] for k in checkpoints}
+        if not parts:
+            return dice
+        return {
+            k: {
+                "dice": dice[k],
+                "parenchyma": metrics.get(f"target_mean_dice_kidney_parenchyma_{k}"),
+                "tumour_recall": metrics.get(f"target_tumour_recall_{k}"),
+            }
+            for k in checkpoints
+        }
 
 
 def _adapter_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -235,7 +250,9 @@ def _dann_overrides(args: argparse.Namespace, lam: float) -> dict[str, Any]:
     }
 
 
-def _eval_aligned(run: Run, tag: str, models: dict[str, dict[str, Any]], split: str) -> dict[str, float]:
+def _eval_aligned(
+    run: Run, tag: str, models: dict[str, dict[str, Any]], split: str, parts: bool = False
+) -> dict[str, Any]:
     """Evaluate adapted models one at a time: each with the intensity alignment it was adapted with."""
     out = {}
     for name, m in models.items():
@@ -244,6 +261,7 @@ def _eval_aligned(run: Run, tag: str, models: dict[str, dict[str, Any]], split: 
                 f"{tag}_{name}",
                 {name: m["ckpt"]},
                 split=split,
+                parts=parts,
                 alignment_file=m["alignment"],
                 aligned_models=[name],
             )
@@ -392,6 +410,14 @@ def table_run(
         **{f"prior_x{s:g}": m for s, m in prior.items()},
     }
     test.update(run.stage("test_aligned", lambda: _eval_aligned(run, "test", aligned, "test")))
+    # which part of the kidney(+tumour) label each model misses: the parenchyma or the tumours (test cases)
+    parts_plain = {k: plain[k] for k in ("source_only", "aug_source_only", "oracle", "finetune")}
+    parts = dict(
+        run.stage("test_parts_plain", lambda: run.evaluate("test_parts", parts_plain, parts=True, aligned_models=[]))
+    )
+    parts.update(
+        run.stage("test_parts_adapted", lambda: _eval_aligned(run, "test_parts", {"adapted": adapted}, "test", True))
+    )
     dev_adapted = run.stage("dev_adapted", lambda: _eval_aligned(run, "dev", {"adapted": adapted}, "dev"))["adapted"]
     hist = oracle["history"]
     t95 = _first_time(hist, 0.95 * oracle["best_dev"])
@@ -400,6 +426,7 @@ def table_run(
         "data_seed": data_seed,
         "train_seed": train_seed,
         "dice": test,
+        "parts": parts,
         "times": {
             "pretrain_s": src["time_s"],
             "aug_pretrain_s": aug["time_s"],
@@ -464,6 +491,22 @@ def summarise(runs: list[dict[str, Any]], lam: float, prior_scales: list[float])
     for k, (m, s) in times.items():
         if m is not None:
             print(f"| {k} | {m:.1f} ± {s:.1f} |")
+    part_models = [k for k, _ in methods if all(k in r.get("parts", {}) for r in runs)]
+    if part_models:
+        print(
+            "\n| method | kidney parenchyma Dice (tumour voxels left out) | tumour voxels found (recall) |\n|---|---|---|"
+        )
+        labels = dict(methods)
+        for key in part_models:
+            pm, ps = _ms([r["parts"][key]["parenchyma"] for r in runs])
+            tm, ts = _ms([r["parts"][key]["tumour_recall"] for r in runs])
+            res[f"dice_parenchyma_{key}"], res[f"tumour_recall_{key}"] = pm, tm
+            if pm is not None and tm is not None:
+                print(f"| {labels[key]} | {pm:.4f} ± {ps:.4f} | {tm:.3f} ± {ts:.3f} |")
+        if "oracle" in part_models and "source_only" in part_models and res["dice_parenchyma_oracle"] is not None:
+            res["source_only_parenchyma_gap_points"] = round(
+                100 * (res["dice_parenchyma_oracle"] - res["dice_parenchyma_source_only"]), 2
+            )
     prior_rows = {}
     first = [r for r in runs if any(f"prior_x{s:g}" in r["dice"] for s in prior_scales)]
     if first:

@@ -46,6 +46,8 @@ def bench(monkeypatch: pytest.MonkeyPatch):
 
         if "evaluate.json" in configs:
             metrics = {f"target_mean_dice_kidney_{k}": dice(k) for k in o["checkpoints"]}
+            metrics.update({f"target_mean_dice_kidney_parenchyma_{k}": dice(k + "p") for k in o["checkpoints"]})
+            metrics.update({f"target_tumour_recall_{k}": dice(k + "t") - 0.5 for k in o["checkpoints"]})
             (out / "metrics.json").write_text(json.dumps(metrics))
         elif "oracle.json" in configs:
             hist = [{"time_s": 10.0 * (i + 1), "val_dice": dice("oracle") * (i + 1) / 4} for i in range(4)]
@@ -99,6 +101,7 @@ def test_selection_reads_only_its_own_seed_and_table_test_labels_only_score(benc
     assert {c["split"] for c in table_evals} == {"test", "dev"}
     assert all(set(c["overrides"]["checkpoints"]) == {"adapted"} for c in table_evals if c["split"] == "dev")
     assert res["n_data_seeds"] == 2 and res["n_train_seeds"] == 2
+    assert {"dice_parenchyma_oracle", "tumour_recall_source_only", "source_only_parenchyma_gap_points"} <= set(res)
 
 
 def test_no_choice_depends_on_test_labels(bench, tmp_path: Path) -> None:

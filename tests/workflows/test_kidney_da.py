@@ -16,6 +16,7 @@ from tlk_components.data import kidney
 from tlk_components.utils.errors import ConfigError, DatasetError
 from tlk_components.workflows.kidney_da import (
     TargetDiceEvaluation,
+    case_scores,
     patch_label_share,
     patch_size_prior,
     prepare_domains,
@@ -145,6 +146,11 @@ def test_target_dice_evaluation_side_by_side_in_original_geometry(tmp_path: Path
     assert metrics["target_mean_dice_kidney_adapted"] == pytest.approx(1.0)
     assert metrics["target_mean_dice_kidney_source_only"] == pytest.approx(0.0)
     assert "target_mean_dice_kidney_oracle" not in metrics  # missing checkpoints are skipped
+    # the labels hold a tumour: parenchyma Dice and tumour recall beside the composite
+    assert metrics["target_mean_dice_kidney_parenchyma_adapted"] == pytest.approx(1.0)
+    assert metrics["target_tumour_recall_adapted"] == pytest.approx(1.0)
+    assert metrics["target_tumour_recall_source_only"] == pytest.approx(0.0)
+    assert metrics["n_cases_with_tumour"] == 2
     assert (tmp_path / "eval" / "per_case_dice.csv").is_file() and (tmp_path / "eval" / "dice_per_case.png").is_file()
     with pytest.raises(ConfigError, match="without 'label'"):
         TargetDiceEvaluation(net, {}, [{"image": "x"}], None, None, "cpu", tmp_path)
@@ -153,6 +159,26 @@ def test_target_dice_evaluation_side_by_side_in_original_geometry(tmp_path: Path
     ev = TargetDiceEvaluation(net, {"adapted": str(good)}, items, flat, lambda x, n: n(x), "cpu", tmp_path / "e2")
     with pytest.raises(ConfigError, match="original geometry"):
         ev.run()
+
+
+def test_case_scores_split_the_composite_into_parenchyma_and_tumour() -> None:
+    label = torch.zeros(10, 10, 10, dtype=torch.uint8)
+    label[2:6, 2:6, 2:6] = 1  # 64 parenchyma voxels
+    label[6:8, 2:6, 2:6] = 2  # 32 tumour voxels
+    parenchyma_only = label == 1
+    s = case_scores(parenchyma_only, label)
+    assert s.dice == pytest.approx(2 * 64 / (64 + 96))
+    assert s.parenchyma_dice == pytest.approx(1.0) and s.tumour_recall == pytest.approx(0.0)
+    half_tumour = label.clone()
+    half_tumour[7:8] = 0  # 16 of the 32 tumour voxels missed, parenchyma complete
+    s = case_scores(half_tumour, label)
+    assert s.dice == pytest.approx(2 * 80 / (80 + 96)) and s.tumour_recall == pytest.approx(0.5)
+    assert s.parenchyma_dice == pytest.approx(1.0)
+    no_tumour = (label == 1).to(torch.uint8)  # AMOS-style label: composite = parenchyma, no recall
+    s = case_scores(no_tumour, no_tumour)
+    assert s.dice == s.parenchyma_dice == pytest.approx(1.0) and s.tumour_recall is None
+    with pytest.raises(ValueError, match="shape"):
+        case_scores(label[:5], label)
 
 
 def test_prior_matched_threshold_predicts_the_share_of_the_body(tmp_path: Path) -> None:

@@ -11,7 +11,9 @@
   that exists (source-only ``pretrained.pt``, adapted ``model.pt``, oracle ``oracle.pt``), side by side, written to
   ``metrics.json``, ``per_case_dice.csv`` and ``dice_per_case.png``. Dice is computed in each case's original
   geometry: the sliding-window probabilities are brought back to the image file's orientation, spacing and shape
-  (MONAI ``Invertd`` of the preprocessing) and compared with the label file as stored.
+  (MONAI ``Invertd`` of the preprocessing) and compared with the label file as stored. Where the labels hold
+  KiTS19's tumour class it also reports which part of the kidney(+tumour) Dice each model misses: the Dice of the
+  kidney parenchyma with tumour voxels left out, and the share of tumour voxels predicted as kidney.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +50,9 @@ from tlk_components.utils.validation import check_in_range
 
 __all__ = [
     "BUNDLE",
+    "CaseScores",
     "TargetDiceEvaluation",
+    "case_scores",
     "patch_label_share",
     "patch_size_prior",
     "model_transforms",
@@ -365,8 +370,53 @@ def with_labels(datalist: Sequence[Mapping[str, str]], labels_dir: str | os.Path
     return out
 
 
+@dataclass(frozen=True)
+class CaseScores:
+    """One case's scores of one model (:meth:`TargetDiceEvaluation.score_cases`).
+
+    Attributes:
+        dice: kidney(+tumour) Dice: prediction vs label > 0 (the KiTS19 kidney composite), in [0, 1].
+        parenchyma_dice: Dice of the prediction vs label 1 with the tumour voxels (label 2) left out of both, i.e. how
+            well the kidney tissue itself is found; equals ``dice`` when the case has no tumour.
+        tumour_recall: share of the tumour voxels predicted as kidney, in [0, 1]; None when the case has no tumour.
+    """
+
+    dice: float
+    parenchyma_dice: float
+    tumour_recall: float | None
+
+
+def case_scores(pred: torch.Tensor, label: torch.Tensor) -> CaseScores:
+    """Kidney(+tumour) Dice, parenchyma Dice and tumour recall of a binary prediction (see :class:`CaseScores`).
+
+    Args:
+        pred: kidney mask, any shape, nonzero = kidney.
+        label: KiTS19 label of the same shape (0 background, 1 kidney, 2 tumour; AMOS-style labels without 2 work).
+
+    Raises:
+        ValueError: the shapes differ.
+    """
+    if pred.shape != label.shape:
+        raise ValueError(f"case_scores: prediction shape {tuple(pred.shape)} != label shape {tuple(label.shape)}")
+    p, tumour = pred != 0, label == 2
+
+    def dice(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(compute_dice(a.float()[None, None], b.float()[None, None], ignore_empty=False).item())
+
+    n_tumour = int(tumour.sum())
+    return CaseScores(
+        dice=dice(p, label > 0),
+        parenchyma_dice=dice(p & ~tumour, label == 1),
+        tumour_recall=float((p & tumour).sum()) / n_tumour if n_tumour else None,
+    )
+
+
 class TargetDiceEvaluation:
     """Kidney Dice of several checkpoints on the same labelled target cases, side by side.
+
+    ``metrics.json`` holds ``<metric_prefix>_<model>`` (mean kidney(+tumour) Dice) and ``per_case``; when any label
+    holds tumour voxels also ``<metric_prefix>_parenchyma_<model>`` (tumour voxels left out) and
+    ``target_tumour_recall_<model>`` (mean over the cases with a tumour), see :class:`CaseScores`.
 
     Args:
         network: the segmentation network (weights are loaded into it in turn).
@@ -426,8 +476,14 @@ class TargetDiceEvaluation:
     def evaluate(
         self, path: str | os.PathLike, transforms: Any = None, foreground_share: float | None = None
     ) -> list[float]:
-        """Per-case kidney Dice of the weights at ``path`` in the original geometry (same order as the datalist);
-        with ``foreground_share`` the kidney is the top ``foreground_share`` of the body voxels by kidney probability.
+        """Per-case kidney(+tumour) Dice of the weights at ``path`` (:meth:`score_cases`' ``dice``)."""
+        return [s.dice for s in self.score_cases(path, transforms, foreground_share)]
+
+    def score_cases(
+        self, path: str | os.PathLike, transforms: Any = None, foreground_share: float | None = None
+    ) -> list[CaseScores]:
+        """Per-case scores of the weights at ``path`` in the original geometry (same order as the datalist); with
+        ``foreground_share`` the kidney is the top ``foreground_share`` of the body voxels by kidney probability.
 
         Raises:
             ConfigError: the transforms drop the metadata needed to invert them.
@@ -473,13 +529,7 @@ class TargetDiceEvaluation:
                         f"{item['label']}: label shape {tuple(label.shape[1:])} differs from its image's "
                         f"{tuple(pred.shape[1:])}; the label must lie on its image's voxel grid"
                     )
-                d = compute_dice(
-                    (torch.as_tensor(pred) == 1).float()[None],
-                    (torch.as_tensor(label) > 0).float()[None],
-                    include_background=True,
-                    ignore_empty=False,
-                )
-                scores.append(float(d.item()))
+                scores.append(case_scores(torch.as_tensor(pred)[0] == 1, torch.as_tensor(label)[0]))
         return scores
 
     def run(self) -> dict[str, Any]:
@@ -490,10 +540,11 @@ class TargetDiceEvaluation:
                 f"no checkpoint to evaluate: none of {list(self.checkpoints.values())} exists; run pretrain.json "
                 "and train.json first (or pass --ckpt_dir)"
             )
-        per_model = {
-            name: self.evaluate(path, self.model_transforms.get(name), self.foreground_shares.get(name))
+        scored = {
+            name: self.score_cases(path, self.model_transforms.get(name), self.foreground_shares.get(name))
             for name, path in present.items()
         }
+        per_model = {name: [s.dice for s in v] for name, v in scored.items()}
         cases = [
             case_name(d["image"]) if isinstance(d["image"], str | os.PathLike) else f"case_{i}"
             for i, d in enumerate(self.datalist)
@@ -501,6 +552,12 @@ class TargetDiceEvaluation:
         metrics: dict[str, Any] = {f"{self.metric_prefix}_{k}": float(np.mean(v)) for k, v in per_model.items()}
         metrics["per_case"] = {k: dict(zip(cases, v, strict=True)) for k, v in per_model.items()}
         metrics["n_cases"] = len(cases)
+        with_tumour = [i for i, s in enumerate(next(iter(scored.values()))) if s.tumour_recall is not None]
+        if with_tumour:
+            for k, v in scored.items():
+                metrics[f"{self.metric_prefix}_parenchyma_{k}"] = float(np.mean([s.parenchyma_dice for s in v]))
+                metrics[f"target_tumour_recall_{k}"] = float(np.mean([v[i].tumour_recall for i in with_tumour]))
+            metrics["n_cases_with_tumour"] = len(with_tumour)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.output_dir / "metrics.json", metrics)
         buf = io.StringIO()
@@ -519,6 +576,17 @@ class TargetDiceEvaluation:
         )
         table = [f"| model | target kidney Dice (mean over {len(cases)} cases) |", "|---|---|"]
         table += [f"| {k} | {np.mean(v):.4f} |" for k, v in per_model.items()]
+        if with_tumour:  # which part each model misses: the kidney tissue or the tumours (KiTS19 labels)
+            table = [
+                f"| model | target kidney Dice (mean over {len(cases)} cases) | kidney tissue Dice (tumour left out) "
+                f"| tumour voxels found ({len(with_tumour)} cases) |",
+                "|---|---|---|---|",
+            ]
+            table += [
+                f"| {k} | {np.mean(per_model[k]):.4f} | {metrics[f'{self.metric_prefix}_parenchyma_{k}']:.4f} "
+                f"| {metrics[f'target_tumour_recall_{k}']:.3f} |"
+                for k in per_model
+            ]
         text = "\n".join(table)
         atomic_write_text(self.output_dir / "dice_table.md", text + "\n")
         print(text, flush=True)

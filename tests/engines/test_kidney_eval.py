@@ -16,7 +16,13 @@ import pytest
 import torch
 
 from tlk_components.cli import main
-from tlk_components.engines.evaluators.kidney import binary_metrics, evaluate_amos22, evaluate_kidney, evaluate_kits19
+from tlk_components.engines.evaluators.kidney import (
+    binary_metrics,
+    evaluate_amos22,
+    evaluate_kidney,
+    evaluate_kits19,
+    kidney_parts,
+)
 from tlk_components.engines.evaluators.segmentation import case_metrics
 from tlk_components.utils.errors import ConfigError, DatasetError
 
@@ -81,6 +87,21 @@ def test_binary_metrics_formula_and_conventions() -> None:
     assert empty["dice"] == 0.0 and empty["hd95"] == pytest.approx(DIAGONAL)
 
 
+def test_kidney_parts_split_the_composite() -> None:
+    lab = _kits_label()  # 192 kidney tissue voxels, 64 tumour voxels
+    tissue_only = lab == 1
+    parts = kidney_parts(tissue_only, lab)
+    assert parts == {"kidney_tissue_dice": pytest.approx(1.0), "tumour_found": 0.0}
+    half = lab > 0
+    half[6:10, 6:10, 1:3] = False  # half of the tumour missed
+    assert kidney_parts(half, lab)["tumour_found"] == pytest.approx(0.5)
+    amos_like = (lab > 0).astype(np.uint8)  # no tumour class: tissue = the whole kidney, nothing to find
+    parts = kidney_parts(amos_like, amos_like)
+    assert parts["kidney_tissue_dice"] == pytest.approx(1.0) and math.isnan(parts["tumour_found"])
+    with pytest.raises(ValueError, match="shape"):
+        kidney_parts(lab[:4], lab)
+
+
 def test_kits19_binary_prediction(kits: Path, tmp_path: Path) -> None:
     preds = _binary_preds(tmp_path / "pred")
     out = tmp_path / "out"
@@ -93,6 +114,10 @@ def test_kits19_binary_prediction(kits: Path, tmp_path: Path) -> None:
     assert rows["case_00000"]["kidney_hd95_mm"] == pytest.approx(0.0)
     assert rows["case_00002"]["kidney_hd95_mm"] == pytest.approx(DIAGONAL)
     assert rows["case_00001"]["label"].endswith("segmentation.nii")
+    # the parts: kidney tissue (tumour left out of both) and the share of the tumour found
+    assert [rows[c]["kidney_tissue_dice"] for c in rows] == pytest.approx([1.0, 2 * 128 / (192 + 192), 0.0])
+    assert [rows[c]["tumour_found"] for c in rows] == pytest.approx([1.0, 1.0, 0.0])
+    assert s["kidney_tissue_dice"]["mean"] == pytest.approx((1 + 2 / 3) / 3) and s["tumour_found"]["n"] == 3
     assert rows["case_00000"]["kidney_volume_label_ml"] == pytest.approx(256 * 1.5 * 2.0 * 3.0 / 1000)
     dice = [1.0, 0.75, 0.0]
     assert s["n_cases"] == 3

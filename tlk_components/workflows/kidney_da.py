@@ -22,6 +22,7 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from tlk_components.data.nifti_checks import CasePair, check_pairs
 from tlk_components.data.plan import ensure_plans, load_plans
 from tlk_components.data.registry import prepare_dataset
 from tlk_components.data.transforms import BODY_HU
+from tlk_components.engines.evaluators.kidney import kidney_parts
 from tlk_components.engines.handlers.reporting import save_bar_chart
 from tlk_components.utils.errors import ConfigError, DatasetError
 from tlk_components.utils.io import atomic_write_json, atomic_write_text, load_weights, sha256_file
@@ -377,7 +379,8 @@ class CaseScores:
     Attributes:
         dice: kidney(+tumour) Dice: prediction vs label > 0 (the KiTS19 kidney composite), in [0, 1].
         parenchyma_dice: Dice of the prediction vs label 1 with the tumour voxels (label 2) left out of both, i.e. how
-            well the kidney tissue itself is found; equals ``dice`` when the case has no tumour.
+            well the kidney tissue itself is found; equals ``dice`` when the case has no tumour; NaN when there is
+            neither kidney tissue in the label nor outside the tumour in the prediction.
         tumour_recall: share of the tumour voxels predicted as kidney, in [0, 1]; None when the case has no tumour.
     """
 
@@ -387,7 +390,8 @@ class CaseScores:
 
 
 def case_scores(pred: torch.Tensor, label: torch.Tensor) -> CaseScores:
-    """Kidney(+tumour) Dice, parenchyma Dice and tumour recall of a binary prediction (see :class:`CaseScores`).
+    """Kidney(+tumour) Dice, parenchyma Dice and tumour recall of a binary prediction (see :class:`CaseScores`; the
+    parts are :func:`tlk_components.engines.evaluators.kidney.kidney_parts`, as the evaluation CLI reports them).
 
     Args:
         pred: kidney mask, any shape, nonzero = kidney.
@@ -396,18 +400,13 @@ def case_scores(pred: torch.Tensor, label: torch.Tensor) -> CaseScores:
     Raises:
         ValueError: the shapes differ.
     """
-    if pred.shape != label.shape:
-        raise ValueError(f"case_scores: prediction shape {tuple(pred.shape)} != label shape {tuple(label.shape)}")
-    p, tumour = pred != 0, label == 2
-
-    def dice(a: torch.Tensor, b: torch.Tensor) -> float:
-        return float(compute_dice(a.float()[None, None], b.float()[None, None], ignore_empty=False).item())
-
-    n_tumour = int(tumour.sum())
+    parts = kidney_parts(pred, label)
+    p = pred != 0
+    dice = compute_dice(p.float()[None, None], (label > 0).float()[None, None], ignore_empty=False)
     return CaseScores(
-        dice=dice(p, label > 0),
-        parenchyma_dice=dice(p & ~tumour, label == 1),
-        tumour_recall=float((p & tumour).sum()) / n_tumour if n_tumour else None,
+        dice=float(dice.item()),
+        parenchyma_dice=parts["kidney_tissue_dice"],
+        tumour_recall=None if math.isnan(parts["tumour_found"]) else parts["tumour_found"],
     )
 
 
@@ -472,12 +471,6 @@ class TargetDiceEvaluation:
 
     def _predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.inferer(x, self.network)
-
-    def evaluate(
-        self, path: str | os.PathLike, transforms: Any = None, foreground_share: float | None = None
-    ) -> list[float]:
-        """Per-case kidney(+tumour) Dice of the weights at ``path`` (:meth:`score_cases`' ``dice``)."""
-        return [s.dice for s in self.score_cases(path, transforms, foreground_share)]
 
     def score_cases(
         self, path: str | os.PathLike, transforms: Any = None, foreground_share: float | None = None
@@ -555,7 +548,7 @@ class TargetDiceEvaluation:
         with_tumour = [i for i, s in enumerate(next(iter(scored.values()))) if s.tumour_recall is not None]
         if with_tumour:
             for k, v in scored.items():
-                metrics[f"{self.metric_prefix}_parenchyma_{k}"] = float(np.mean([s.parenchyma_dice for s in v]))
+                metrics[f"{self.metric_prefix}_parenchyma_{k}"] = float(np.nanmean([s.parenchyma_dice for s in v]))
                 metrics[f"target_tumour_recall_{k}"] = float(np.mean([v[i].tumour_recall for i in with_tumour]))
             metrics["n_cases_with_tumour"] = len(with_tumour)
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -574,9 +567,10 @@ class TargetDiceEvaluation:
             title="Target kidney Dice per case",
             ylabel="Dice",
         )
-        table = [f"| model | target kidney Dice (mean over {len(cases)} cases) |", "|---|---|"]
-        table += [f"| {k} | {np.mean(v):.4f} |" for k, v in per_model.items()]
-        if with_tumour:  # which part each model misses: the kidney tissue or the tumours (KiTS19 labels)
+        if not with_tumour:
+            table = [f"| model | target kidney Dice (mean over {len(cases)} cases) |", "|---|---|"]
+            table += [f"| {k} | {np.mean(v):.4f} |" for k, v in per_model.items()]
+        else:  # which part each model misses: the kidney tissue or the tumours (KiTS19 labels)
             table = [
                 f"| model | target kidney Dice (mean over {len(cases)} cases) | kidney tissue Dice (tumour left out) "
                 f"| tumour voxels found ({len(with_tumour)} cases) |",

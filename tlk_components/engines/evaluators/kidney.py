@@ -23,7 +23,11 @@ Structures:
   when any prediction of the folder holds the value 2 (a 3-class model), tumour Dice is computed for every case
   (0 where a case's prediction has no tumour); otherwise it is ``null`` / "not predicted". The KiTS19 challenge
   *composite* is the mean of the kidney + tumour Dice and the tumour Dice (per case, and over the dataset as the
-  mean of the two dataset means), only when tumour is evaluated.
+  mean of the two dataset means), only when tumour is evaluated. Which part of the composite a prediction misses
+  (:func:`kidney_parts`, every case): *kidney tissue Dice*, ``label == 1`` vs ``P`` with the tumour voxels left
+  out of both, and *tumour found*, the share of the ``label == 2`` voxels inside ``P`` (NaN without a tumour). A
+  kidney-only model (trained on AMOS-like labels, which hold no tumour) can score well on the first and poorly on
+  the second, which the composite alone hides.
 * **AMOS22** (15 organs; 2 right kidney, 3 left kidney): ``G`` = label 2 ∪ 3. Predictions with values in {0, 1}
   only (the bundle's binary output, all files of the folder) are read as 1 = kidney. When any prediction holds a
   value above 1, all predictions are read in AMOS label values: ``P`` = prediction 2 ∪ 3, and the per-side Dice is
@@ -141,6 +145,32 @@ def binary_metrics(
                     )[0, 0]
                 )
     return {"dice": dice, "hd95": hd, "pred_voxels": n_p, "label_voxels": n_g}
+
+
+def kidney_parts(pred: np.ndarray | torch.Tensor, label: np.ndarray | torch.Tensor) -> dict[str, float]:
+    """Which part of the KiTS19 kidney(+tumour) label a kidney prediction finds.
+
+    Args:
+        pred: prediction, any shape; non-zero = kidney (a tumour class counts as kidney).
+        label: KiTS19 label map of the same shape (0 background, 1 kidney, 2 tumour).
+
+    Returns:
+        ``{"kidney_tissue_dice", "tumour_found"}``: the Dice (:func:`binary_metrics`) of ``pred`` and ``label ==
+        1`` with the tumour voxels left out of both, and ``|P ∩ T| / |T|`` for the tumour ``T`` (NaN when the case
+        has no tumour), in [0, 1].
+
+    Raises:
+        ValueError: the shapes differ.
+    """
+    p, g = torch.as_tensor(np.asarray(pred) != 0), torch.as_tensor(np.asarray(label))
+    if p.shape != g.shape:
+        raise ValueError(f"prediction shape {tuple(p.shape)} differs from label shape {tuple(g.shape)}")
+    tumour = g == 2
+    n_tumour = int(tumour.sum())
+    return {
+        "kidney_tissue_dice": binary_metrics((p & ~tumour).numpy(), (g == 1).numpy())["dice"],
+        "tumour_found": float((p & tumour).sum()) / n_tumour if n_tumour else float("nan"),
+    }
 
 
 def _stats(values: Sequence[Any]) -> dict[str, Any]:
@@ -388,7 +418,8 @@ def evaluate_kits19(
 
     Returns:
         The content of ``metrics.json``: ``dataset``, ``n_cases``, ``kidney_dice`` / ``kidney_hd95_mm`` /
-        ``tumour_dice`` / ``kits19_composite_dice`` (each ``{"mean", "std", "n"}``, or None when not evaluated),
+        ``kidney_tissue_dice`` / ``tumour_found`` (:func:`kidney_parts`) / ``tumour_dice`` /
+        ``kits19_composite_dice`` (each ``{"mean", "std", "n"}``, or None when not evaluated),
         ``tumour_evaluated``, notes and ``per_case`` rows (NaN as None).
 
     Raises:
@@ -417,6 +448,7 @@ def evaluate_kits19(
                 "case": case,
                 "kidney_dice": kid["dice"],
                 **({"kidney_hd95_mm": kid["hd95"]} if hd95 else {}),
+                **kidney_parts(pred, label),
                 "tumour_dice": tum["dice"],
                 "kits19_composite_dice": float("nan"),
                 "kidney_volume_pred_ml": _volume_ml(kid["pred_voxels"], limg),
@@ -444,6 +476,8 @@ def evaluate_kits19(
         "n_cases": len(rows),
         "kidney_dice": kidney,
         "kidney_hd95_mm": _stats([r["kidney_hd95_mm"] for r in rows]) if hd95 else None,
+        "kidney_tissue_dice": _stats([r["kidney_tissue_dice"] for r in rows]),
+        "tumour_found": _stats([r["tumour_found"] for r in rows]),
         "tumour_evaluated": tumour_predicted,
         "tumour_dice": tumour if tumour_predicted else None,
         "kits19_composite_dice": composite,
@@ -453,7 +487,8 @@ def evaluate_kits19(
             if tumour_predicted
             else "tumour not predicted (no prediction holds the value 2): tumour Dice and KiTS19 composite are null",
             "kits19_composite_dice: per case (kidney + tumour Dice) / 2; challenge_score = mean of the two dataset "
-            "means",
+            "means; kidney_tissue_dice: label 1 vs prediction > 0, tumour voxels left out of both; tumour_found: share "
+            "of the label-2 voxels inside prediction > 0 (cases with a tumour)",
             hd95,
         ),
         "per_case": rows,

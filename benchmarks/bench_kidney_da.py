@@ -391,12 +391,13 @@ def table_run(
         "histmatch_threshold": src["ckpt"],
         "source_only_threshold": src["ckpt"],
     }
-    test = dict(
+    scored = dict(
         run.stage(
             "test_plain",
             lambda: run.evaluate(
                 "test_plain",
                 plain,
+                parts=True,
                 histmatch_models=["histmatch", "histmatch_threshold"],
                 threshold_models=["histmatch_threshold", "source_only_threshold"],
                 aligned_models=[],
@@ -409,15 +410,11 @@ def table_run(
         "dann": dann,
         **{f"prior_x{s:g}": m for s, m in prior.items()},
     }
-    test.update(run.stage("test_aligned", lambda: _eval_aligned(run, "test", aligned, "test")))
-    # which part of the kidney(+tumour) label each model misses: the parenchyma or the tumours (test cases)
-    parts_plain = {k: plain[k] for k in ("source_only", "aug_source_only", "oracle", "finetune")}
-    parts = dict(
-        run.stage("test_parts_plain", lambda: run.evaluate("test_parts", parts_plain, parts=True, aligned_models=[]))
-    )
-    parts.update(
-        run.stage("test_parts_adapted", lambda: _eval_aligned(run, "test_parts", {"adapted": adapted}, "test", True))
-    )
+    scored.update(run.stage("test_aligned", lambda: _eval_aligned(run, "test", aligned, "test", parts=True)))
+    # kidney(+tumour) Dice, and which part of the label each model misses: kidney tissue or tumours (results cached
+    # by versions before 0.8.1 hold the Dice alone)
+    test = {k: v["dice"] if isinstance(v, dict) else v for k, v in scored.items()}
+    parts = {k: v for k, v in scored.items() if isinstance(v, dict) and v["parenchyma"] is not None}
     dev_adapted = run.stage("dev_adapted", lambda: _eval_aligned(run, "dev", {"adapted": adapted}, "dev"))["adapted"]
     hist = oracle["history"]
     t95 = _first_time(hist, 0.95 * oracle["best_dev"])

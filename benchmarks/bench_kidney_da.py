@@ -39,8 +39,8 @@ dice_dann, dice_adapted, dice_oracle, dice_finetune`` (means over all runs; ``*_
 (adapted / oracle, mean of per-run ratios), ``dice_ratio_min`` (worst run), ``speedup_95``, ``speedup_to_adapted``,
 ``n_data_seeds``, ``n_train_seeds``, ``peak_rss_gb``, the chosen ``dann_lambda``, the prior-error table and times;
 and where the Dice is lost: ``dice_parenchyma_<method>`` (kidney tissue, tumour voxels left out) and
-``tumour_recall_<method>`` (share of tumour voxels predicted as kidney) for source-only, heavy-augmentation
-source-only, the default adapter, fine-tuning and the oracle, and ``source_only_parenchyma_gap_points``.
+``tumour_recall_<method>`` (share of tumour voxels predicted as kidney) for every method of the table, from its own
+test evaluations, and ``source_only_parenchyma_gap_points``.
 
 Usage::
 
